@@ -1,0 +1,211 @@
+"""The latent clock and the block layouts: pure functions, no tensors.
+
+Video: 24 fps pixels; the VAE compresses 8x in time and 32x in space, and its first
+latent covers a single pixel frame, so latent t covers pixel frames
+[max(0, 8t - 7), 8t + 1). Audio: 16 kHz mel with hop 160, compressed 4x: latent t
+covers mel frames [max(0, 4t - 3), 4t + 1), i.e. 25 latents a second. The vocoder turns
+each mel frame into 240 samples at 24 kHz.
+
+A block is one second of both streams (3 video + 25 audio latents). Two layouts differ
+only in how the first latent of each stream (the one covering a single frame) is
+grouped: the released checkpoint folds it into block 0 (4 + 26), the paper gives it a
+block of its own, the global prefix (1 + 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+VIDEO_FPS = 24
+VIDEO_TIME_COMPRESSION = 8
+SPATIAL_COMPRESSION = 32
+AUDIO_TIME_COMPRESSION = 4
+MEL_SAMPLE_RATE = 16_000
+MEL_HOP = 160
+AUDIO_SAMPLE_RATE = 24_000
+SAMPLES_PER_MEL_FRAME = AUDIO_SAMPLE_RATE * MEL_HOP // MEL_SAMPLE_RATE  # 240
+VIDEO_LATENTS_PER_BLOCK = 3
+AUDIO_LATENTS_PER_BLOCK = 25
+
+
+class LayoutError(ValueError):
+    """A request the latent clock cannot represent."""
+
+
+# Physical intervals of latents ---------------------------------------------------
+
+
+def video_pixel_interval(latent_frame: int) -> tuple[int, int]:
+    """Pixel frames [start, end) covered by a video latent frame."""
+    start = max(0, VIDEO_TIME_COMPRESSION * latent_frame + 1 - VIDEO_TIME_COMPRESSION)
+    end = max(0, VIDEO_TIME_COMPRESSION * (latent_frame + 1) + 1 - VIDEO_TIME_COMPRESSION)
+    return start, end
+
+
+def audio_mel_interval(latent_frame: int) -> tuple[int, int]:
+    """Mel frames [start, end) covered by an audio latent frame."""
+    start = max(0, AUDIO_TIME_COMPRESSION * latent_frame + 1 - AUDIO_TIME_COMPRESSION)
+    end = max(0, AUDIO_TIME_COMPRESSION * (latent_frame + 1) + 1 - AUDIO_TIME_COMPRESSION)
+    return start, end
+
+
+def video_latent_time(latent_frame: int) -> float:
+    """Middle of a video latent's interval, in seconds (what RoPE sees)."""
+    start, end = video_pixel_interval(latent_frame)
+    return (start + end) / 2 / VIDEO_FPS
+
+
+def audio_latent_time(latent_frame: int) -> float:
+    """Middle of an audio latent's interval, in seconds (what RoPE sees)."""
+    start, end = audio_mel_interval(latent_frame)
+    return (start + end) / 2 * MEL_HOP / MEL_SAMPLE_RATE
+
+
+def pixel_frames(video_latent_frames: int) -> int:
+    """Pixel frames decoded from a run of video latents starting at latent 0."""
+    return video_pixel_interval(video_latent_frames - 1)[1] if video_latent_frames > 0 else 0
+
+
+def tokens_per_video_frame(height: int, width: int) -> int:
+    """Video tokens per latent frame at a pixel resolution (one token per latent cell)."""
+    check_resolution(height, width)
+    return (height // SPATIAL_COMPRESSION) * (width // SPATIAL_COMPRESSION)
+
+
+def check_resolution(height: int, width: int) -> None:
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value <= 0 or value % SPATIAL_COMPRESSION:
+            raise LayoutError(
+                f"{name} must be a positive multiple of {SPATIAL_COMPRESSION} pixels "
+                f"(the VAE's spatial compression), got {value!r}; try {_nearest_multiple(value)}"
+            )
+
+
+def check_seconds(num_seconds: object) -> int:
+    """Whole seconds >= 1: one block per second is the only clock the model knows."""
+    if isinstance(num_seconds, bool) or not isinstance(num_seconds, (int, float)):
+        raise LayoutError(f"duration must be a whole number of seconds, got {num_seconds!r}")
+    if float(num_seconds) != int(num_seconds):
+        raise LayoutError(
+            f"duration must be a whole number of seconds (one block per second), got {num_seconds}"
+        )
+    if int(num_seconds) < 1:
+        raise LayoutError(f"duration must be at least 1 second (a stream of zero blocks), got {num_seconds}")
+    return int(num_seconds)
+
+
+def _nearest_multiple(value: object) -> int:
+    try:
+        return max(SPATIAL_COMPRESSION, round(float(value) / SPATIAL_COMPRESSION) * SPATIAL_COMPRESSION)
+    except (TypeError, ValueError):
+        return 512
+
+
+# Blocks ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BlockSpan:
+    """One block: latent frame ranges [start, end) of both streams."""
+
+    index: int
+    video_start: int
+    video_end: int
+    audio_start: int
+    audio_end: int
+
+    @property
+    def video_frames(self) -> int:
+        return self.video_end - self.video_start
+
+    @property
+    def audio_frames(self) -> int:
+        return self.audio_end - self.audio_start
+
+    @property
+    def pixel_frames(self) -> tuple[int, int]:
+        """Pixel frames [start, end) this block decodes to."""
+        return video_pixel_interval(self.video_start)[0], video_pixel_interval(self.video_end - 1)[1]
+
+    @property
+    def audio_samples(self) -> tuple[int, int]:
+        """24 kHz waveform samples [start, end) this block decodes to."""
+        mel_start = audio_mel_interval(self.audio_start)[0]
+        mel_end = audio_mel_interval(self.audio_end - 1)[1]
+        return mel_start * SAMPLES_PER_MEL_FRAME, mel_end * SAMPLES_PER_MEL_FRAME
+
+    @property
+    def time_span(self) -> tuple[float, float]:
+        """Seconds [start, end) of the block's pixel frames."""
+        start, end = self.pixel_frames
+        return start / VIDEO_FPS, end / VIDEO_FPS
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """How latent frames group into blocks; block k >= 1 is always 3 + 25 latents."""
+
+    name: str
+    first_video_frames: int
+    first_audio_frames: int
+    video_frames_per_block: int = VIDEO_LATENTS_PER_BLOCK
+    audio_frames_per_block: int = AUDIO_LATENTS_PER_BLOCK
+
+    @classmethod
+    def released(cls) -> "BlockLayout":
+        """The public checkpoint: block 0 = 4 video + 26 audio latents."""
+        return cls("released", 4, 26)
+
+    @classmethod
+    def paper(cls) -> "BlockLayout":
+        """The paper: a global prefix block of 1 video + 1 audio latent, then 3 + 25."""
+        return cls("paper", 1, 1)
+
+    @classmethod
+    def named(cls, name: str) -> "BlockLayout":
+        layouts = {"released": cls.released, "paper": cls.paper}
+        if name not in layouts:
+            raise LayoutError(f"unknown block layout {name!r}; choose one of {sorted(layouts)}")
+        return layouts[name]()
+
+    @property
+    def has_prefix_block(self) -> bool:
+        """Whether block 0 is a global prefix holding no full second."""
+        return self.first_video_frames < self.video_frames_per_block
+
+    def num_blocks(self, num_seconds: int) -> int:
+        seconds = check_seconds(num_seconds)
+        return seconds + 1 if self.has_prefix_block else seconds
+
+    def latent_lengths(self, num_seconds: int) -> tuple[int, int]:
+        """(video, audio) latent frames for a duration: 3n + 1 and 25n + 1 in both layouts."""
+        last = self.block(self.num_blocks(num_seconds) - 1)
+        return last.video_end, last.audio_end
+
+    def block(self, index: int) -> BlockSpan:
+        """Block ``index`` of an unbounded stream."""
+        if index < 0:
+            raise LayoutError(f"block index must be >= 0, got {index}")
+        if index == 0:
+            return BlockSpan(0, 0, self.first_video_frames, 0, self.first_audio_frames)
+        video_start = self.first_video_frames + (index - 1) * self.video_frames_per_block
+        audio_start = self.first_audio_frames + (index - 1) * self.audio_frames_per_block
+        return BlockSpan(
+            index,
+            video_start, video_start + self.video_frames_per_block,
+            audio_start, audio_start + self.audio_frames_per_block,
+        )
+
+    def blocks(self, num_seconds: int) -> list[BlockSpan]:
+        return [self.block(i) for i in range(self.num_blocks(num_seconds))]
+
+    def iter_blocks(self, num_blocks: int) -> Iterator[BlockSpan]:
+        if num_blocks < 1:
+            raise LayoutError(f"a stream needs at least one block, got {num_blocks}")
+        return (self.block(i) for i in range(num_blocks))
+
+    def block_tokens(self, index: int, height: int, width: int) -> tuple[int, int]:
+        """(video, audio) tokens of block ``index`` at a resolution, sink tokens excluded."""
+        span = self.block(index)
+        return span.video_frames * tokens_per_video_frame(height, width), span.audio_frames
