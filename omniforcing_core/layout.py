@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterator
 
+import torch
+
 VIDEO_FPS = 24
 VIDEO_TIME_COMPRESSION = 8
 SPATIAL_COMPRESSION = 32
@@ -27,6 +29,8 @@ AUDIO_SAMPLE_RATE = 24_000
 SAMPLES_PER_MEL_FRAME = AUDIO_SAMPLE_RATE * MEL_HOP // MEL_SAMPLE_RATE  # 240
 VIDEO_LATENTS_PER_BLOCK = 3
 AUDIO_LATENTS_PER_BLOCK = 25
+# Every block after block 0 lasts exactly this long in both streams.
+BLOCK_SECONDS = VIDEO_LATENTS_PER_BLOCK * VIDEO_TIME_COMPRESSION / VIDEO_FPS
 
 
 class LayoutError(ValueError):
@@ -34,29 +38,34 @@ class LayoutError(ValueError):
 
 
 # Physical intervals of latents ---------------------------------------------------
+# These accept ints or tensors so RoPE positions come from this single definition.
 
 
-def video_pixel_interval(latent_frame: int) -> tuple[int, int]:
+def _at_least_zero(value):
+    return value.clamp(min=0) if isinstance(value, torch.Tensor) else max(0, value)
+
+
+def video_pixel_interval(latent_frame):
     """Pixel frames [start, end) covered by a video latent frame."""
-    start = max(0, VIDEO_TIME_COMPRESSION * latent_frame + 1 - VIDEO_TIME_COMPRESSION)
-    end = max(0, VIDEO_TIME_COMPRESSION * (latent_frame + 1) + 1 - VIDEO_TIME_COMPRESSION)
+    start = _at_least_zero(VIDEO_TIME_COMPRESSION * latent_frame + 1 - VIDEO_TIME_COMPRESSION)
+    end = _at_least_zero(VIDEO_TIME_COMPRESSION * (latent_frame + 1) + 1 - VIDEO_TIME_COMPRESSION)
     return start, end
 
 
-def audio_mel_interval(latent_frame: int) -> tuple[int, int]:
+def audio_mel_interval(latent_frame):
     """Mel frames [start, end) covered by an audio latent frame."""
-    start = max(0, AUDIO_TIME_COMPRESSION * latent_frame + 1 - AUDIO_TIME_COMPRESSION)
-    end = max(0, AUDIO_TIME_COMPRESSION * (latent_frame + 1) + 1 - AUDIO_TIME_COMPRESSION)
+    start = _at_least_zero(AUDIO_TIME_COMPRESSION * latent_frame + 1 - AUDIO_TIME_COMPRESSION)
+    end = _at_least_zero(AUDIO_TIME_COMPRESSION * (latent_frame + 1) + 1 - AUDIO_TIME_COMPRESSION)
     return start, end
 
 
-def video_latent_time(latent_frame: int) -> float:
+def video_latent_time(latent_frame):
     """Middle of a video latent's interval, in seconds (what RoPE sees)."""
     start, end = video_pixel_interval(latent_frame)
     return (start + end) / 2 / VIDEO_FPS
 
 
-def audio_latent_time(latent_frame: int) -> float:
+def audio_latent_time(latent_frame):
     """Middle of an audio latent's interval, in seconds (what RoPE sees)."""
     start, end = audio_mel_interval(latent_frame)
     return (start + end) / 2 * MEL_HOP / MEL_SAMPLE_RATE

@@ -1,0 +1,238 @@
+"""The modality-independent KV cache and its rolling window with attention sinks.
+
+Per layer there are four streaming caches, each named after the attention that reads
+it: ``video_self`` and ``audio_self`` (each stream's own keys), ``audio_to_video``
+(audio keys projected for video queries) and ``video_to_audio`` (video keys projected
+for audio queries); plus the text keys of both streams, computed once per prompt.
+
+Layout of every streaming buffer along the token axis::
+
+    [ retained start | slot 0 | slot 1 | ... | slot W ]
+
+The retained start (the audio sink tokens, then block 0 and any further retained
+blocks) is never evicted. Later blocks go round-robin into W + 1 equal slots: the
+current block overwrites the block that fell out of the window. Attention is invariant
+to the order of keys, so a block simply reads the filled prefix of the buffer. All
+buffers are allocated once; offsets are plain Python ints, so nothing in the block
+loop waits for the device.
+
+Positions past the trained horizon (``position_mode``):
+
+- ``absolute``: every block keeps its true stream time, as the reference does. Exact
+  for short clips; on long streams the distance from the current block to the
+  retained start grows without bound, and the audio sinks (identity rotation) see
+  ever larger query angles: both leave the range the model was trained on.
+- ``rebased``: once the window is full, the current block always takes the time slot
+  right after the window, which sits right after the retained start, so the stream
+  never looks longer than ``retained + window + 1`` blocks. The window's cached keys
+  move back one block (exactly one second) each time by a fixed rotation, applied
+  once per block. The trade-off: a gap in time is closed, so the retained start
+  appears closer than it really is, and cached keys pick up a little rounding per
+  rotation (at most W rotations before eviction).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig
+from .layout import BLOCK_SECONDS, BlockLayout, BlockSpan
+from .rope import RotaryTable, time_shift_rotation
+from .transformer import AVRope, TextKV, av_rope
+
+POSITION_MODES = ("absolute", "rebased")
+KINDS = ("video_self", "audio_self", "audio_to_video", "video_to_audio")
+_VIDEO_KEYED = ("video_self", "video_to_audio")
+
+
+class CacheError(ValueError):
+    """A window or placement the cache cannot hold."""
+
+
+@dataclass(frozen=True)
+class WindowPolicy:
+    """Which blocks stay visible: the retained start plus the last ``window_blocks``."""
+
+    retained_start_blocks: int
+    window_blocks: int
+    position_mode: str = "absolute"
+
+    def __post_init__(self) -> None:
+        if self.retained_start_blocks < 1:
+            raise CacheError(
+                f"retained_start_blocks must be >= 1 (block 0 is the stream's anchor), got {self.retained_start_blocks}"
+            )
+        if self.window_blocks < 0:
+            raise CacheError(f"window_blocks must be >= 0, got {self.window_blocks}")
+        if self.position_mode not in POSITION_MODES:
+            raise CacheError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}")
+
+    @property
+    def ring_slots(self) -> int:
+        return self.window_blocks + 1
+
+    def ring_slot(self, block: int) -> int | None:
+        """The slot of ``block``; None for the retained start."""
+        return None if block < self.retained_start_blocks else (block - self.retained_start_blocks) % self.ring_slots
+
+    def visible_blocks(self, block: int) -> list[int]:
+        """Blocks whose keys ``block`` attends to (itself included)."""
+        retained = list(range(min(block + 1, self.retained_start_blocks)))
+        oldest = max(self.retained_start_blocks, block - self.window_blocks)
+        return retained + list(range(oldest, block + 1))
+
+    def logical_block(self, block: int) -> int:
+        """The block index whose positions ``block`` takes (see position modes above)."""
+        if self.position_mode == "absolute":
+            return block
+        return min(block, self.retained_start_blocks + self.window_blocks)
+
+    def shifts_window(self, block: int) -> bool:
+        """Whether starting ``block`` moves the window's positions back one block."""
+        return self.position_mode == "rebased" and block > self.retained_start_blocks + self.window_blocks
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one block's keys go and how much of each buffer it reads."""
+
+    video_offset: int
+    video_valid: int
+    audio_offset: int
+    audio_valid: int
+
+
+@dataclass(frozen=True)
+class CachedBlock:
+    """Everything a block's forward passes share: its cache router, RoPE and sinks."""
+
+    span: BlockSpan
+    router: "CachedAttention"
+    rope: AVRope
+    sink_tokens: int
+
+
+class CachedAttention:
+    """Writes a block's keys/values into its slot, then attends over the visible prefix."""
+
+    def __init__(self, cache: "StreamKVCache", placement: Placement):
+        self.cache = cache
+        self.placement = placement
+
+    def attend(self, kind: str, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        p = self.placement
+        offset, valid = (p.video_offset, p.video_valid) if kind in _VIDEO_KEYED else (p.audio_offset, p.audio_valid)
+        keys, values = self.cache.buffers[kind][layer]
+        end = offset + k.shape[2]
+        keys[:, :, offset:end].copy_(k)
+        values[:, :, offset:end].copy_(v)
+        return F.scaled_dot_product_attention(q, keys[:, :, :valid], values[:, :, :valid])
+
+
+class StreamKVCache:
+    """Preallocated per-layer caches for one stream at one resolution."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        layout: BlockLayout,
+        grid_hw: tuple[int, int],
+        policy: WindowPolicy,
+        sink_tokens: int,
+        batch_size: int,
+        device: torch.device | str,
+        dtype: torch.dtype,
+    ):
+        self.config = config
+        self.layout = layout
+        self.policy = policy
+        self.grid_hw = grid_hw
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.sink_tokens = sink_tokens
+        self.tokens_per_frame = grid_hw[0] * grid_hw[1]
+        last_retained = layout.block(policy.retained_start_blocks - 1)
+        self.video_start_tokens = last_retained.video_end * self.tokens_per_frame
+        self.audio_start_tokens = sink_tokens + last_retained.audio_end
+        self.video_slot_tokens = layout.video_frames_per_block * self.tokens_per_frame
+        self.audio_slot_tokens = layout.audio_frames_per_block
+        video_capacity = self.video_start_tokens + policy.ring_slots * self.video_slot_tokens
+        audio_capacity = self.audio_start_tokens + policy.ring_slots * self.audio_slot_tokens
+
+        def buffer(heads: int, head_dim: int, capacity: int) -> torch.Tensor:
+            shape = (config.num_layers, 2, batch_size, heads, capacity, head_dim)
+            return torch.zeros(shape, device=device, dtype=dtype)
+
+        self.buffers: dict[str, torch.Tensor] = {
+            "video_self": buffer(config.video_heads, config.video_head_dim, video_capacity),
+            "audio_self": buffer(config.audio_heads, config.audio_head_dim, audio_capacity),
+            "audio_to_video": buffer(config.audio_heads, config.audio_head_dim, audio_capacity),
+            "video_to_audio": buffer(config.audio_heads, config.audio_head_dim, video_capacity),
+        }
+        self.text: TextKV | None = None
+        self._window_shift = self._shift_rotations(config, device) if policy.position_mode == "rebased" else {}
+
+    @staticmethod
+    def _shift_rotations(config: ModelConfig, device) -> dict[str, torch.Tensor]:
+        """Per kind, cos/sin [2, heads, 1, head_dim] moving keys back one block (1 s)."""
+        specs = {
+            "video_self": (3, config.video_dim, config.video_max_pos[0], config.video_heads),
+            "audio_self": (1, config.audio_dim, config.audio_max_pos[0], config.audio_heads),
+            "audio_to_video": (1, config.cross_modal_dim, config.cross_modal_max_pos, config.audio_heads),
+            "video_to_audio": (1, config.cross_modal_dim, config.cross_modal_max_pos, config.audio_heads),
+        }
+        rotations = {}
+        for kind, (axes, dim, max_time, heads) in specs.items():
+            table = time_shift_rotation(-BLOCK_SECONDS, axes, dim, max_time, config.rope_theta, device)
+            rotations[kind] = torch.stack([table.cos, table.sin]).view(2, heads, 1, dim // heads)
+        return rotations
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the cache, text keys included."""
+        text = self.text.nbytes if self.text is not None else 0
+        return sum(b.nbytes for b in self.buffers.values()) + text
+
+    def placement(self, span: BlockSpan) -> Placement:
+        slot = self.policy.ring_slot(span.index)
+        sinks = self.sink_tokens
+        if slot is None:
+            video_offset = span.video_start * self.tokens_per_frame
+            video_end = span.video_end * self.tokens_per_frame
+            audio_offset = 0 if span.index == 0 else sinks + span.audio_start
+            audio_end = sinks + span.audio_end
+            return Placement(video_offset, video_end, audio_offset, audio_end)
+        filled = min(span.index - self.policy.retained_start_blocks, self.policy.window_blocks) + 1
+        return Placement(
+            self.video_start_tokens + slot * self.video_slot_tokens,
+            self.video_start_tokens + filled * self.video_slot_tokens,
+            self.audio_start_tokens + slot * self.audio_slot_tokens,
+            self.audio_start_tokens + filled * self.audio_slot_tokens,
+        )
+
+    def begin_block(self, span: BlockSpan) -> CachedBlock:
+        """Prepare the cache for ``span``: re-base positions if needed, place its keys."""
+        if self.policy.shifts_window(span.index):
+            self._move_window_back_one_block()
+        logical = self.layout.block(self.policy.logical_block(span.index))
+        sinks = self.sink_tokens if span.index == 0 else 0
+        rope = av_rope(
+            self.config, logical.video_start, span.video_frames, self.grid_hw,
+            logical.audio_start, span.audio_frames, sinks, self.device, self.dtype,
+        )
+        return CachedBlock(span, CachedAttention(self, self.placement(span)), rope, sinks)
+
+    def _move_window_back_one_block(self) -> None:
+        for kind, rotation in self._window_shift.items():
+            start = self.video_start_tokens if kind in _VIDEO_KEYED else self.audio_start_tokens
+            keys = self.buffers[kind][:, 0, :, :, start:]
+            table = RotaryTable(rotation[0].to(keys.dtype), rotation[1].to(keys.dtype))
+            keys.copy_(table.apply(keys))
+
+    def release(self) -> None:
+        """Drop every buffer (end of stream, interrupt): the memory goes back at once."""
+        self.buffers = {}
+        self.text = None

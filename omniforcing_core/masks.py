@@ -1,0 +1,57 @@
+"""Four-way block-causal masks for the full-sequence forward (training and tests).
+
+A query in block k sees every key of blocks 0..k of its own stream and of the other
+stream, bidirectionally inside a block. Audio sink tokens belong to block 0. The
+streaming path needs no masks: the cache simply holds nothing from the future.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .layout import BlockLayout
+
+
+@dataclass(frozen=True)
+class AVMasks:
+    """Boolean masks, True = may attend: [queries, keys]."""
+
+    video_self: torch.Tensor
+    audio_self: torch.Tensor
+    audio_to_video: torch.Tensor  # video queries, audio keys
+    video_to_audio: torch.Tensor  # audio queries, video keys
+
+
+def token_block_ids(
+    layout: BlockLayout, num_blocks: int, tokens_per_video_frame: int, audio_sink_tokens: int, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block index of every video token and every audio token (sinks first)."""
+    video_ids, audio_ids = [], [0] * audio_sink_tokens
+    for span in layout.iter_blocks(num_blocks):
+        video_ids += [span.index] * (span.video_frames * tokens_per_video_frame)
+        audio_ids += [span.index] * span.audio_frames
+    return torch.tensor(video_ids, device=device), torch.tensor(audio_ids, device=device)
+
+
+def block_causal_masks(
+    layout: BlockLayout,
+    num_blocks: int,
+    tokens_per_video_frame: int,
+    audio_sink_tokens: int = 0,
+    device=None,
+) -> AVMasks:
+    video_ids, audio_ids = token_block_ids(
+        layout, num_blocks, tokens_per_video_frame, audio_sink_tokens, device
+    )
+
+    def sees(query_ids: torch.Tensor, key_ids: torch.Tensor) -> torch.Tensor:
+        return key_ids.unsqueeze(0) <= query_ids.unsqueeze(1)
+
+    return AVMasks(
+        video_self=sees(video_ids, video_ids),
+        audio_self=sees(audio_ids, audio_ids),
+        audio_to_video=sees(video_ids, audio_ids),
+        video_to_audio=sees(audio_ids, video_ids),
+    )

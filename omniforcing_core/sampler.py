@@ -1,0 +1,240 @@
+"""The streaming sampler: one finished block at a time, through the rolling KV cache.
+
+Per block: start from noise, run the few-step sigma list (predict x0, re-noise it to
+the next sigma with fresh noise), then run the clean block once more at
+``context_noise`` to write the keys and values later blocks read. Five forward passes
+per block with the released four-step list; no classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from .conditioning import TextConditioning
+from .kv_cache import POSITION_MODES, StreamKVCache, WindowPolicy
+from .layout import BlockLayout, BlockSpan, LayoutError, check_seconds, tokens_per_video_frame
+from .schedule import ScheduleError, preset_sigmas, validate_sigmas
+from .transformer import AVTransformer
+
+# Given a block and a step (0 = the block's starting noise, j >= 1 = the noise that
+# re-noises step j-1's x0), return (video noise [B, C, f, h, w], audio noise [B, t, C]).
+NoiseFn = Callable[[BlockSpan, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+class StreamSettingsError(ValueError):
+    """A stream setting out of its allowed range."""
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How a stream is sampled and how much of its past stays visible.
+
+    ``window_blocks``: previous blocks kept beyond the retained start (None keeps the
+    whole stream, as the reference does; a finite stream only). ``context_noise``: the
+    sigma at which a finished block is written into the cache (0 = clean).
+    ``audio_sink_tokens``: how many of the model's learned sinks to use (None = all).
+    """
+
+    sigmas: tuple[float, ...] = field(default_factory=lambda: tuple(preset_sigmas("quality-4step")))
+    window_blocks: int | None = None
+    retained_start_blocks: int = 1
+    context_noise: float = 0.0
+    position_mode: str = "absolute"
+    audio_sink_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "sigmas", validate_sigmas(self.sigmas))
+        except ScheduleError as exc:
+            raise StreamSettingsError(str(exc)) from exc
+        if self.window_blocks is not None and (not isinstance(self.window_blocks, int) or self.window_blocks < 1):
+            raise StreamSettingsError(
+                f"window_blocks must be a whole number of blocks >= 1 (or None to keep everything), got {self.window_blocks!r}"
+            )
+        if not isinstance(self.retained_start_blocks, int) or self.retained_start_blocks < 1:
+            raise StreamSettingsError(
+                f"retained_start_blocks must be >= 1 (block 0 anchors the stream), got {self.retained_start_blocks!r}"
+            )
+        if not 0.0 <= float(self.context_noise) < 1.0:
+            raise StreamSettingsError(f"context_noise is a sigma in [0, 1), got {self.context_noise}")
+        if self.position_mode not in POSITION_MODES:
+            raise StreamSettingsError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}")
+        if self.audio_sink_tokens is not None and self.audio_sink_tokens < 0:
+            raise StreamSettingsError(f"audio_sink_tokens must be >= 0, got {self.audio_sink_tokens}")
+
+    @property
+    def passes_per_block(self) -> int:
+        return len(self.sigmas)
+
+    def window_policy(self, num_blocks: int | None) -> WindowPolicy:
+        if self.window_blocks is None:
+            if num_blocks is None:
+                raise StreamSettingsError("an unbounded stream needs a finite window_blocks")
+            window = max(num_blocks - 1 - self.retained_start_blocks, 0)
+        else:
+            window = self.window_blocks
+        return WindowPolicy(self.retained_start_blocks, window, self.position_mode)
+
+
+@dataclass(frozen=True)
+class PromptSwitch:
+    """From block ``block`` on, condition on ``text``; optionally blend over a few blocks."""
+
+    block: int
+    text: TextConditioning
+    blend_blocks: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block < 1:
+            raise StreamSettingsError(f"a prompt switch happens at block 1 or later, got block {self.block}")
+        if self.blend_blocks < 0:
+            raise StreamSettingsError(f"blend_blocks must be >= 0, got {self.blend_blocks}")
+
+
+@dataclass(frozen=True)
+class StreamBlock:
+    """One finished block: latents of both streams and where they sit in the stream."""
+
+    span: BlockSpan
+    video: torch.Tensor  # [B, C, f, H/32, W/32]
+    audio: torch.Tensor  # [B, t, C]
+
+    @property
+    def index(self) -> int:
+        return self.span.index
+
+    @property
+    def time_span(self) -> tuple[float, float]:
+        return self.span.time_span
+
+
+class StreamingSampler:
+    """Streams an :class:`AVTransformer` block by block through a rolling KV cache."""
+
+    def __init__(self, model: AVTransformer, layout: BlockLayout, settings: StreamSettings | None = None):
+        self.model = model
+        self.layout = layout
+        self.settings = settings or StreamSettings()
+        self.sink_tokens = model.check_sink_count(self.settings.audio_sink_tokens)
+        self.cache: StreamKVCache | None = None
+
+    def stream(
+        self,
+        text: TextConditioning,
+        num_seconds: int | None,
+        height: int,
+        width: int,
+        seed: int = 0,
+        prompt_schedule: Sequence[PromptSwitch] = (),
+        noise: NoiseFn | None = None,
+        batch_size: int = 1,
+    ) -> Iterator[StreamBlock]:
+        """Yield blocks as they finish. ``num_seconds`` None streams until the caller stops.
+
+        Every argument is checked before anything is allocated; the cache is freed when
+        the stream ends, is closed, or is interrupted.
+        """
+        num_blocks = None if num_seconds is None else self.layout.num_blocks(check_seconds(num_seconds))
+        grid_hw = (height // 32, width // 32)
+        tokens_per_video_frame(height, width)
+        policy = self.settings.window_policy(num_blocks)
+        text.validate(self.model.config.caption_channels, batch_size)
+        schedule = sorted(prompt_schedule, key=lambda switch: switch.block)
+        for switch in schedule:
+            switch.text.validate(self.model.config.caption_channels, batch_size)
+            if num_blocks is not None and switch.block >= num_blocks:
+                raise LayoutError(f"prompt switch at block {switch.block} is past the stream's last block {num_blocks - 1}")
+        return self._run(text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size)
+
+    def _run(self, text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size) -> Iterator[StreamBlock]:
+        param = next(self.model.parameters())
+        device, dtype = param.device, param.dtype
+        generator = torch.Generator(device=device).manual_seed(seed)
+        draw = noise or self._seeded_noise(generator, batch_size, grid_hw, device, dtype)
+        self.cache = StreamKVCache(
+            self.model.config, self.layout, grid_hw, policy, self.sink_tokens, batch_size, device, dtype
+        )
+        try:
+            with torch.no_grad():
+                self.cache.text = self.model.encode_text(text)
+            prompts = _PromptTimeline(text, schedule)
+            index = 0
+            while num_blocks is None or index < num_blocks:
+                span = self.layout.block(index)
+                switched = prompts.text_at(index)
+                if switched is not None:
+                    with torch.no_grad():
+                        self.cache.text = self.model.encode_text(switched)
+                yield self._generate_block(span, draw, generator)
+                index += 1
+        finally:
+            self.cache.release()
+            self.cache = None
+
+    def _seeded_noise(self, generator, batch_size, grid_hw, device, dtype) -> NoiseFn:
+        c = self.model.config
+
+        def draw(span: BlockSpan, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            video_shape = (batch_size, c.video_in_channels, span.video_frames, *grid_hw)
+            audio_shape = (batch_size, span.audio_frames, c.audio_in_channels)
+            video = torch.randn(video_shape, generator=generator, device=device, dtype=dtype)
+            audio = torch.randn(audio_shape, generator=generator, device=device, dtype=dtype)
+            return video, audio
+
+        return draw
+
+    @torch.no_grad()
+    def _generate_block(self, span: BlockSpan, draw: NoiseFn, generator: torch.Generator) -> StreamBlock:
+        cache = self.cache
+        block = cache.begin_block(span)
+        sigmas = self.settings.sigmas
+        video, audio = draw(span, 0)
+        for step, (sigma, next_sigma) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+            video_v, audio_v = self.model.forward_block(video, audio, sigma, block, cache.text)
+            video_x0, audio_x0 = _x0(video, video_v, sigma), _x0(audio, audio_v, sigma)
+            if next_sigma > 0:
+                video_noise, audio_noise = draw(span, step + 1)
+                video, audio = _renoise(video_x0, video_noise, next_sigma), _renoise(audio_x0, audio_noise, next_sigma)
+        context_sigma = float(self.settings.context_noise)
+        context_video, context_audio = video_x0, audio_x0
+        if context_sigma > 0:
+            video_noise = torch.randn(video_x0.shape, generator=generator, device=video_x0.device, dtype=video_x0.dtype)
+            audio_noise = torch.randn(audio_x0.shape, generator=generator, device=audio_x0.device, dtype=audio_x0.dtype)
+            context_video = _renoise(video_x0, video_noise, context_sigma)
+            context_audio = _renoise(audio_x0, audio_noise, context_sigma)
+        self.model.forward_block(context_video, context_audio, context_sigma, block, cache.text)
+        return StreamBlock(span, video_x0, audio_x0)
+
+
+def _x0(x: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
+    """x0 = x - sigma * v, in fp32 whatever the model dtype."""
+    return (x.float() - velocity.float() * sigma).to(x.dtype)
+
+
+def _renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The rectified-flow point at ``sigma`` between x0 and fresh noise."""
+    return (1 - sigma) * x0 + sigma * noise
+
+
+class _PromptTimeline:
+    """Which text conditions each block, including blends between prompts."""
+
+    def __init__(self, initial: TextConditioning, switches: Sequence[PromptSwitch]):
+        self.segments: list[tuple[PromptSwitch, TextConditioning]] = []
+        previous = initial
+        for switch in switches:
+            self.segments.append((switch, previous))
+            previous = switch.text
+
+    def text_at(self, block: int) -> TextConditioning | None:
+        """The new text for ``block``, or None if it is unchanged since the last block."""
+        for switch, previous in self.segments:
+            offset = block - switch.block
+            if offset == switch.blend_blocks:
+                return switch.text
+            if 0 <= offset < switch.blend_blocks:
+                return previous.lerp(switch.text, (offset + 1) / (switch.blend_blocks + 1))
+        return None
