@@ -8,6 +8,7 @@ streaming path needs no masks: the cache simply holds nothing from the future.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import torch
 
@@ -41,13 +42,20 @@ def block_causal_masks(
     tokens_per_video_frame: int,
     audio_sink_tokens: int = 0,
     device=None,
+    visible_blocks: Callable[[int], Iterable[int]] | None = None,
 ) -> AVMasks:
+    """Masks for ``num_blocks`` blocks. ``visible_blocks(k)`` narrows what block k sees
+    (a rolling window, see WindowPolicy.visible_blocks); by default it is blocks 0..k."""
     video_ids, audio_ids = token_block_ids(
         layout, num_blocks, tokens_per_video_frame, audio_sink_tokens, device
     )
+    visible = torch.zeros(num_blocks, num_blocks, dtype=torch.bool, device=device)
+    for query in range(num_blocks):
+        keys = range(query + 1) if visible_blocks is None else list(visible_blocks(query))
+        visible[query, list(keys)] = True
 
     def sees(query_ids: torch.Tensor, key_ids: torch.Tensor) -> torch.Tensor:
-        return key_ids.unsqueeze(0) <= query_ids.unsqueeze(1)
+        return visible[query_ids][:, key_ids]
 
     return AVMasks(
         video_self=sees(video_ids, video_ids),
