@@ -1,0 +1,246 @@
+"""Stream a preset and print one JSON object of timings, memory and cache size.
+
+    python -m benchmarks.stream --preset mid --blocks 60 --window 4 --recompute-at 20
+
+Weights are random (speed does not depend on their values). Warm-up blocks run first
+and are reported apart (``warmup_s``); every steady-state number comes after them.
+On a GPU each block's denoise and decode are timed with a device sync at the block
+boundary; those syncs are the benchmark's own and are not counted in ``host_syncs``,
+which counts what the streaming code itself forces inside the block loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+import warnings
+from contextlib import contextmanager
+
+import torch
+
+from omniforcing_core import (
+    AVTransformer,
+    BlockLayout,
+    ModelConfig,
+    StreamingSampler,
+    StreamSettings,
+    TextConditioning,
+    block_causal_masks,
+    preset_sigmas,
+)
+from omniforcing_core.layout import tokens_per_video_frame
+
+PRESETS = {
+    "tiny": (ModelConfig.tiny, 64, 96),
+    "mid": (ModelConfig.mid, 256, 384),
+    "19b": (ModelConfig.ltx2_19b, 512, 768),
+}
+
+
+def random_model(config: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int) -> AVTransformer:
+    """Build on meta, then fill in place on the device: no host copy of a 19B model."""
+    with torch.device("meta"):
+        model = AVTransformer(config)
+    model = model.to_empty(device=device).to(dtype)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.02, generator=generator)
+    return model.eval()
+
+
+class SyncCounter:
+    """Counts host-device synchronisations forced by Python-level tensor reads, and on
+    CUDA every sync the runtime reports (torch's sync debug mode)."""
+
+    _READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__")
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @contextmanager
+    def counting(self):
+        originals = {name: getattr(torch.Tensor, name) for name in self._READS}
+
+        def counted(name):
+            original = originals[name]
+
+            def wrapper(tensor, *args, **kwargs):
+                self.count += 1
+                return original(tensor, *args, **kwargs)
+
+            return wrapper
+
+        for name in self._READS:
+            setattr(torch.Tensor, name, counted(name))
+        cuda = torch.cuda.is_available()
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if cuda:
+                    torch.cuda.set_sync_debug_mode("warn")
+                yield self
+            self.count += sum("synchroniz" in str(w.message) for w in caught)
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode(0)
+            for name, original in originals.items():
+                setattr(torch.Tensor, name, original)
+
+
+def device_sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def recompute_time(model, layout, block_index, grid_hw, sigmas, text, device, dtype) -> float:
+    """One block generated without a cache: every denoising pass re-runs the whole prefix."""
+    spans = list(layout.iter_blocks(block_index + 1))
+    frames, audio_frames = spans[-1].video_end, spans[-1].audio_end
+    video = torch.randn(1, model.config.video_in_channels, frames, *grid_hw, device=device, dtype=dtype)
+    audio = torch.randn(1, audio_frames, model.config.audio_in_channels, device=device, dtype=dtype)
+    masks = block_causal_masks(layout, len(spans), grid_hw[0] * grid_hw[1], device=device)
+    text_kv = model.encode_text(text)
+    current = spans[-1]
+    elapsed = 0.0
+    with torch.no_grad():
+        for sigma in sigmas[:-1]:
+            video_sigma = torch.zeros(1, frames, device=device)
+            audio_sigma = torch.zeros(1, audio_frames, device=device)
+            video_sigma[:, current.video_start:] = sigma
+            audio_sigma[:, current.audio_start:] = sigma
+            device_sync(device)
+            start = time.perf_counter()
+            model(video, audio, video_sigma, audio_sigma, text_kv, masks)
+            device_sync(device)
+            elapsed += time.perf_counter() - start
+    return elapsed
+
+
+def run(args: argparse.Namespace) -> dict:
+    make_config, default_height, default_width = PRESETS[args.preset]
+    height, width = args.height or default_height, args.width or default_width
+    grid_hw = (height // 32, width // 32)
+    tokens_per_video_frame(height, width)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = make_config()
+    layout = BlockLayout.named(args.layout)
+    model = random_model(config, device, dtype, args.seed)
+    sigmas = preset_sigmas(args.schedule)
+    settings = StreamSettings(sigmas=tuple(sigmas), window_blocks=args.window, position_mode=args.position_mode)
+    sampler = StreamingSampler(model, layout, settings)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    shape = (1, args.text_tokens, config.caption_channels)
+    text = TextConditioning(
+        torch.randn(shape, generator=generator, device=device, dtype=dtype),
+        torch.randn(shape, generator=generator, device=device, dtype=dtype),
+    )
+
+    warmup_start = time.perf_counter()
+    for _ in sampler.stream(text, args.warmup, height, width, seed=args.seed):
+        pass
+    device_sync(device)
+    warmup_s = time.perf_counter() - warmup_start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    denoise_s, decode_s, cache_bytes, frames = [], [], [], 0
+    counter = SyncCounter()
+    stream = sampler.stream(text, args.blocks, height, width, seed=args.seed)
+    run_start = time.perf_counter()
+    ttfc_s = None
+    while True:
+        block_start = time.perf_counter()
+        with counter.counting():
+            block = next(stream, None)
+        if block is None:
+            break
+        device_sync(device)
+        generated = time.perf_counter()
+        denoise_s.append(generated - block_start)
+        # Decoding plugs in here; without a decoder the pixel count is the layout's.
+        decode_s.append(time.perf_counter() - generated)
+        frames += block.span.pixel_frames[1] - block.span.pixel_frames[0]
+        cache_bytes.append(sampler.cache.nbytes)
+        if ttfc_s is None:
+            ttfc_s = time.perf_counter() - run_start
+    wall_s = time.perf_counter() - run_start
+    media_s = layout.block(args.blocks - 1).time_span[1] if args.blocks else 0.0
+
+    result = {
+        "preset": args.preset,
+        "device": str(device),
+        "dtype": args.dtype,
+        "resolution": [height, width],
+        "layout": layout.name,
+        "blocks": args.blocks,
+        "window_blocks": args.window,
+        "sigmas": [round(s, 6) for s in sigmas],
+        "passes_per_block": len(sigmas),
+        "warmup_s": round(warmup_s, 4),
+        "ttfc_s": round(ttfc_s, 4),
+        "block_s": {
+            "denoise": [round(t, 4) for t in denoise_s],
+            "decode": [round(t, 4) for t in decode_s],
+        },
+        "fps": round(frames / wall_s, 3),
+        "realtime_factor": round(media_s / wall_s, 4),
+        "cache_bytes": cache_bytes,
+        "peak_mem_bytes": {"host": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
+        "host_syncs": counter.count,
+    }
+    if device.type == "cuda":
+        result["peak_mem_bytes"]["gpu"] = torch.cuda.max_memory_allocated(device)
+    totals = [a + b for a, b in zip(denoise_s, decode_s)]
+    if args.blocks >= 60:
+        early, late = median(totals[5:11]), median(totals[50:61])
+        result["flatness"] = {"blocks_5_10_median_s": early, "blocks_50_60_median_s": late, "ratio": round(late / early, 4)}
+    if args.recompute_at is not None and args.recompute_at < args.blocks:
+        recompute_s = recompute_time(model, layout, args.recompute_at, grid_hw, sigmas, text, device, dtype)
+        cached_s = denoise_s[args.recompute_at]
+        result["recompute_ratio"] = round(recompute_s / cached_s, 3)
+        result["recompute"] = {"block": args.recompute_at, "recompute_s": round(recompute_s, 4), "cached_s": round(cached_s, 4)}
+    return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--window", type=int, default=4, help="previous blocks kept in the cache")
+    parser.add_argument("--layout", choices=("released", "paper"), default="released")
+    parser.add_argument("--schedule", choices=("quality-4step", "realtime-3step"), default="quality-4step")
+    parser.add_argument("--position-mode", choices=("absolute", "rebased"), default="absolute")
+    parser.add_argument("--recompute-at", type=int, help="measure recompute_ratio at this block")
+    parser.add_argument("--warmup", type=int, default=2, help="blocks streamed before timing")
+    parser.add_argument("--text-tokens", type=int, default=64)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    parser.add_argument("--threads", type=int, help="CPU intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    if args.blocks < 1:
+        parser.error("--blocks must be >= 1")
+    return args
+
+
+def main(argv=None) -> None:
+    print(json.dumps(run(parse_args(argv))))
+
+
+if __name__ == "__main__":
+    main()
