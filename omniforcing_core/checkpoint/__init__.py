@@ -1,0 +1,39 @@
+"""Checkpoint reading, loading and writing (safetensors only; pickles are refused).
+
+- ``open_checkpoint``: a file, an ``.index.json`` or a folder, headers validated up front;
+  tensors read one at a time, memory-mapped, straight to a device and dtype.
+- ``load_model``: the OmniForcing generator over the LTX-2 base file into a ready
+  ``AVTransformer`` built on meta and filled tensor by tensor.
+- ``save_checkpoint``: the same layouts back (single or sharded, any prefix, fp8).
+"""
+
+from .detect import OVERRIDE_KEYS
+from .fp8 import FP8Linear, dequantize_fp8, quantize_fp8
+from .keys import describe_keys, expected_tensors, find_transformer_prefix
+from .loader import LoadedModel, LoadReport, SourceSummary, load_model, resolve_dtype
+from .materialize import load_module_weights
+from .reader import Checkpoint, CheckpointError, TensorInfo, TensorViews, open_checkpoint
+from .writer import block_linear_weights, save_checkpoint
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "FP8Linear",
+    "LoadReport",
+    "LoadedModel",
+    "OVERRIDE_KEYS",
+    "SourceSummary",
+    "TensorInfo",
+    "TensorViews",
+    "block_linear_weights",
+    "dequantize_fp8",
+    "describe_keys",
+    "expected_tensors",
+    "find_transformer_prefix",
+    "load_model",
+    "load_module_weights",
+    "open_checkpoint",
+    "quantize_fp8",
+    "resolve_dtype",
+    "save_checkpoint",
+]

@@ -1,0 +1,84 @@
+"""fp8 weights: per-tensor scaled float8 storage, computed in the activations' dtype.
+
+An fp8 LTX-2 file stores a linear layer as ``weight`` (float8_e4m3fn) plus a scalar fp32
+``weight_scale`` with ``real weight = weight * weight_scale``. ``FP8Linear`` keeps both
+as they are on the device (half the memory of bf16) and upcasts the weight per call.
+The scale is applied to the output, not the weight: it is a scalar, so the result is
+the same and the work is over tokens x outputs instead of inputs x outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+class FP8Linear(nn.Module):
+    """A linear layer whose weight stays fp8; its state dict matches an fp8 file's keys."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 weight_dtype: torch.dtype = torch.float8_e4m3fn,
+                 bias_dtype: torch.dtype = torch.bfloat16, device: torch.device | str | None = None):
+        super().__init__()
+        if weight_dtype not in FP8_DTYPES:
+            raise ValueError(f"FP8Linear stores float8 weights, not {weight_dtype}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(
+            torch.empty(out_features, in_features, dtype=weight_dtype, device=device), requires_grad=False
+        )
+        self.bias = (
+            nn.Parameter(torch.empty(out_features, dtype=bias_dtype, device=device), requires_grad=False)
+            if bias else None
+        )
+        self.register_buffer("weight_scale", torch.ones((), dtype=torch.float32, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight.to(x.dtype)) * self.weight_scale.to(x.dtype)
+        return out if self.bias is None else out + self.bias.to(x.dtype)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return (self.weight.float() * self.weight_scale.float()).to(dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, weight_dtype={self.weight.dtype}"
+        )
+
+
+def fp8_scale(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
+    """The fp32 scalar that maps the weight's largest magnitude to fp8's largest value."""
+    amax = weight.detach().abs().max().float()
+    return torch.where(amax > 0, amax / torch.finfo(dtype).max, torch.ones_like(amax)).reshape(())
+
+
+def quantize_fp8(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor scaled fp8: (fp8 weight, fp32 scalar scale) with weight ~= fp8 * scale."""
+    scale = fp8_scale(weight, dtype)
+    largest = torch.finfo(dtype).max
+    quantized = (weight.detach().float() / scale).clamp(-largest, largest).to(dtype)
+    return quantized, scale
+
+
+def dequantize_fp8(weight: torch.Tensor, scale: torch.Tensor | float, dtype: torch.dtype) -> torch.Tensor:
+    """What an fp8 weight stands for, in ``dtype``."""
+    scale = scale if isinstance(scale, torch.Tensor) else torch.tensor(scale)
+    return (weight.float() * scale.float().to(weight.device)).to(dtype)
+
+
+def swap_in_fp8_linears(model: nn.Module, weight_dtypes: dict[str, torch.dtype], compute_dtype: torch.dtype) -> None:
+    """Replace the named nn.Linear modules (built on meta) by FP8Linear, also on meta."""
+    for name in sorted(weight_dtypes):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        linear = getattr(parent, child)
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"{name} is a {type(linear).__name__}, not a linear layer")
+        setattr(parent, child, FP8Linear(
+            linear.in_features, linear.out_features, linear.bias is not None,
+            weight_dtype=weight_dtypes[name], bias_dtype=compute_dtype, device="meta",
+        ))

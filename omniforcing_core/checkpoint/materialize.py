@@ -1,0 +1,115 @@
+"""Filling a module built on the meta device, one tensor at a time.
+
+A module built under ``torch.device("meta")`` costs no memory. Each of its tensors is
+then read from the checkpoint straight to the target device and dtype and put in place
+(``assign``, not copied into a preallocated tensor), so at no point do two copies of
+the weights exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .keys import summarize_names
+from .reader import Checkpoint, CheckpointError
+
+
+@dataclass(frozen=True)
+class TensorRead:
+    """Where one module tensor comes from and how it arrives."""
+
+    checkpoint: Checkpoint
+    key: str
+    dtype: torch.dtype | None  # None keeps the file's dtype (fp8 weights)
+    scale_key: str | None = None  # multiply by this scalar on load (a dequantized fp8 tensor)
+    shape: tuple[int, ...] | None = None  # reshape to this (a scalar stored as [1])
+
+    def read(self, device: torch.device) -> torch.Tensor:
+        if self.scale_key is None:
+            tensor = self.checkpoint.read(self.key, device=device, dtype=self.dtype)
+        else:
+            tensor = self.checkpoint.read(self.key, device=device, dtype=torch.float32)
+            tensor.mul_(self.checkpoint.read(self.scale_key, device=device, dtype=torch.float32).reshape(()))
+            tensor = tensor.to(self.dtype)
+        return tensor.reshape(self.shape) if self.shape is not None else tensor
+
+    def file_order(self) -> tuple[str, int]:
+        info = self.checkpoint.info(self.key)
+        return str(info.file), info.begin
+
+
+def assign_tensor(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Put ``tensor`` in place of parameter or buffer ``name`` (inference: no gradients)."""
+    owner_name, _, leaf = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    if leaf in owner._parameters:
+        owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+    elif leaf in owner._buffers:
+        owner._buffers[leaf] = tensor
+    else:
+        raise KeyError(f"{type(module).__name__} has no parameter or buffer named '{name}'")
+
+
+def materialize(module: nn.Module, reads: Mapping[str, TensorRead], device: torch.device | str) -> None:
+    """Read every planned tensor into ``module``, in file order (sequential disk access)."""
+    device = torch.device(device)
+    for name, plan in sorted(reads.items(), key=lambda item: item[1].file_order()):
+        assign_tensor(module, name, plan.read(device))
+    left = [name for name, tensor in _tensors(module) if tensor.is_meta]
+    if left:
+        raise CheckpointError(
+            f"{len(left)} tensor(s) of {type(module).__name__} were never loaded: {summarize_names(left)}"
+        )
+
+
+def _tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
+    yield from module.named_parameters()
+    yield from module.named_buffers()
+
+
+def load_module_weights(
+    module: nn.Module,
+    checkpoint: Checkpoint,
+    prefix: str = "",
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    strict: bool = True,
+) -> list[str]:
+    """Fill ``module`` (built on meta, or not) from the tensors under ``prefix``.
+
+    Every tensor of the module's state dict must be present with its exact shape; this
+    is checked from the headers before anything is read. Tensors under ``prefix`` the
+    module does not have are an error with ``strict``, else returned. Buffers the state
+    dict does not hold (non-persistent ones) must not be on meta: build them for real.
+    """
+    expected = {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+    available = {key[len(prefix):]: key for key in checkpoint.group(prefix)}
+    missing = [name for name in expected if name not in available]
+    if missing:
+        raise CheckpointError(
+            f"{checkpoint.path}: {len(missing)} tensor(s) of {type(module).__name__} missing under "
+            f"'{prefix}': {summarize_names(missing)}"
+        )
+    wrong = [
+        f"'{available[name]}' {list(checkpoint.info(available[name]).shape)} (expected {list(shape)})"
+        for name, shape in expected.items()
+        if checkpoint.info(available[name]).shape != shape
+    ]
+    if wrong:
+        raise CheckpointError(
+            f"{checkpoint.path}: {len(wrong)} tensor(s) under '{prefix}' have the wrong shape: "
+            + ", ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else "")
+        )
+    unexpected = sorted(available[name] for name in available if name not in expected)
+    if unexpected and strict:
+        raise CheckpointError(
+            f"{checkpoint.path}: {len(unexpected)} tensor(s) under '{prefix}' that "
+            f"{type(module).__name__} does not have: {summarize_names(unexpected)}"
+        )
+    materialize(module, {name: TensorRead(checkpoint, available[name], dtype) for name in expected}, device)
+    return unexpected
