@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from .conditioning import TextConditioning
+from .decoders.av_stream import AVStreamDecoder, DecodedBlock
 from .kv_cache import POSITION_MODES, StreamKVCache, WindowPolicy
 from .layout import BlockLayout, BlockSpan, LayoutError, check_seconds, tokens_per_video_frame
 from .schedule import ScheduleError, preset_sigmas, validate_sigmas
@@ -96,11 +97,13 @@ class PromptSwitch:
 
 @dataclass(frozen=True)
 class StreamBlock:
-    """One finished block: latents of both streams and where they sit in the stream."""
+    """One finished block: latents of both streams, where they sit in the stream, and
+    (when the sampler was given a decoder) its frames and sound."""
 
     span: BlockSpan
     video: torch.Tensor  # [B, C, f, H/32, W/32]
     audio: torch.Tensor  # [B, t, C]
+    decoded: DecodedBlock | None = None
 
     @property
     def index(self) -> int:
@@ -131,8 +134,12 @@ class StreamingSampler:
         prompt_schedule: Sequence[PromptSwitch] = (),
         noise: NoiseFn | None = None,
         batch_size: int = 1,
+        decoder: AVStreamDecoder | None = None,
     ) -> Iterator[StreamBlock]:
         """Yield blocks as they finish. ``num_seconds`` None streams until the caller stops.
+
+        With a ``decoder`` each block also carries its decoded frames and waveform; the
+        last block of a finite stream ends the decode (nothing stays held back).
 
         Every argument is checked before anything is allocated; the cache is freed when
         the stream ends, is closed, or is interrupted.
@@ -147,9 +154,11 @@ class StreamingSampler:
             switch.text.validate(self.model.config.caption_channels, batch_size)
             if num_blocks is not None and switch.block >= num_blocks:
                 raise LayoutError(f"prompt switch at block {switch.block} is past the stream's last block {num_blocks - 1}")
-        return self._run(text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size)
+        if decoder is not None and batch_size != 1:
+            raise StreamSettingsError(f"streaming decode takes one stream at a time (batch 1), got a batch of {batch_size}")
+        return self._run(text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size, decoder)
 
-    def _run(self, text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size) -> Iterator[StreamBlock]:
+    def _run(self, text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size, decoder) -> Iterator[StreamBlock]:
         param = next(self.model.parameters())
         device, dtype = param.device, param.dtype
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -161,6 +170,8 @@ class StreamingSampler:
             with torch.no_grad():
                 self.cache.text = self.model.encode_text(text)
             prompts = _PromptTimeline(text, schedule)
+            if decoder is not None:
+                decoder.reset()
             index = 0
             while num_blocks is None or index < num_blocks:
                 span = self.layout.block(index)
@@ -168,7 +179,11 @@ class StreamingSampler:
                 if switched is not None:
                     with torch.no_grad():
                         self.cache.text = self.model.encode_text(switched)
-                yield self._generate_block(span, draw, generator)
+                block = self._generate_block(span, draw, generator)
+                if decoder is not None:
+                    final = num_blocks is not None and index == num_blocks - 1
+                    block = StreamBlock(span, block.video, block.audio, decoder.push(span, block.video, block.audio, final=final))
+                yield block
                 index += 1
         finally:
             self.cache.release()

@@ -38,3 +38,22 @@ def golden_model() -> AVTransformer:
 
 def golden_vectors() -> dict[str, torch.Tensor]:
     return load_file(GOLDEN / "released_tiny.vectors.safetensors")
+
+
+def random_decoders(seed: int = 0):
+    """Tiny video VAE, audio VAE and vocoder with fan-in scaled random weights."""
+    from omniforcing_core.decoders.audio_vae import AudioVAEConfig, AudioVAEDecoder
+    from omniforcing_core.decoders.video_vae import VideoVAE, VideoVAEConfig
+    from omniforcing_core.decoders.vocoder import Vocoder, VocoderConfig
+
+    generator = torch.Generator().manual_seed(seed)
+    modules = (VideoVAE(VideoVAEConfig.tiny()), AudioVAEDecoder(AudioVAEConfig.tiny()), Vocoder(VocoderConfig.tiny()))
+    with torch.no_grad():
+        for module in modules:
+            for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+                if name.endswith("std-of-means"):
+                    tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+                elif tensor.is_floating_point():
+                    scale = tensor[0].numel() ** -0.5 if tensor.ndim > 1 else 0.05
+                    tensor.copy_(torch.randn(tensor.shape, generator=generator) * scale)
+    return tuple(module.eval() for module in modules)

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from helpers import random_decoders, random_model, random_text
+from omniforcing_core import BlockLayout, StreamingSampler, StreamSettingsError
+from omniforcing_core.decoders.audio_stream import decode_audio_clip
+from omniforcing_core.decoders.av_stream import AVStreamDecoder
+from omniforcing_core.decoders.latent_preview import LatentPreview
+
+
+@pytest.fixture(scope="module")
+def decoders():
+    return random_decoders()
+
+
+def test_each_block_arrives_as_frames_and_sound(decoders):
+    model = random_model()
+    sampler = StreamingSampler(model, BlockLayout.released())
+    blocks = list(sampler.stream(random_text(model.config), 3, 64, 96, decoder=AVStreamDecoder(*decoders)))
+    assert [tuple(b.decoded.frames.shape) for b in blocks] == [(25, 64, 96, 3), (24, 64, 96, 3), (24, 64, 96, 3)]
+    assert [tuple(b.decoded.waveform.shape) for b in blocks] == [(2, 24240), (2, 24000), (2, 24000)]
+    assert {b.decoded.sample_rate for b in blocks} == {24000}
+    for block in blocks:
+        frames = block.decoded.frames
+        assert frames.dtype == torch.float32 and frames.min() >= 0 and frames.max() <= 1
+        assert torch.isfinite(block.decoded.waveform).all()
+        assert frames.std() > 1e-3  # something was decoded, not a constant
+
+
+def test_a_one_block_stream_decodes_like_the_whole_clip(decoders):
+    video_vae, audio_vae, vocoder = decoders
+    model = random_model()
+    sampler = StreamingSampler(model, BlockLayout.released())
+    (block,) = sampler.stream(random_text(model.config), 1, 64, 96, decoder=AVStreamDecoder(*decoders))
+    whole_frames = video_vae.decode_frames(block.video)
+    whole_audio, _ = decode_audio_clip(audio_vae, vocoder, block.audio).to_waveform()
+    assert (block.decoded.frames - whole_frames).abs().max() <= 1e-5
+    assert (block.decoded.waveform - whole_audio).abs().max() <= 1e-5
+
+
+def test_latent_preview_keeps_the_frame_clock(decoders):
+    model = random_model()
+    sampler = StreamingSampler(model, BlockLayout.paper())
+    decoder = AVStreamDecoder(*decoders, preview=LatentPreview.sketch())
+    blocks = list(sampler.stream(random_text(model.config), 2, 64, 96, decoder=decoder))
+    assert [b.decoded.frames.shape[0] for b in blocks] == [1, 24, 24]
+    assert [b.decoded.waveform.shape[1] for b in blocks] == [240, 24000, 24000]
+
+
+def test_streaming_decode_takes_one_stream_at_a_time(decoders):
+    model = random_model()
+    sampler = StreamingSampler(model, BlockLayout.released())
+    with pytest.raises(StreamSettingsError, match="batch 1"):
+        sampler.stream(random_text(model.config, batch=2), 1, 64, 96, batch_size=2, decoder=AVStreamDecoder(*decoders))
