@@ -16,7 +16,7 @@ from omniforcing_core.decoders.audio_stream import (
     StreamingVocoder,
     decode_audio_clip,
 )
-from omniforcing_core.decoders.audio_vae import AudioCheckpointError, AudioVAEConfig, AudioVAEDecoder
+from omniforcing_core.decoders.audio_vae import AudioVAEConfig, AudioVAEDecoder
 from omniforcing_core.decoders.vocoder import Vocoder, VocoderConfig
 from omniforcing_core.layout import SAMPLES_PER_MEL_FRAME, BlockLayout, audio_mel_interval
 
@@ -40,8 +40,7 @@ def _randomize(module: torch.nn.Module, seed: int) -> torch.nn.Module:
     return module.eval()
 
 
-@pytest.fixture(scope="module")
-def audio_vae() -> AudioVAEDecoder:
+def random_audio_vae() -> AudioVAEDecoder:
     decoder = _randomize(AudioVAEDecoder(AudioVAEConfig.tiny()), seed=0)
     generator = torch.Generator().manual_seed(1)
     stats = decoder.per_channel_statistics
@@ -50,9 +49,18 @@ def audio_vae() -> AudioVAEDecoder:
     return decoder
 
 
+def random_vocoder() -> Vocoder:
+    return _randomize(Vocoder(VocoderConfig.tiny()), seed=2)
+
+
+@pytest.fixture(scope="module")
+def audio_vae() -> AudioVAEDecoder:
+    return random_audio_vae()
+
+
 @pytest.fixture(scope="module")
 def vocoder() -> Vocoder:
-    return _randomize(Vocoder(VocoderConfig.tiny()), seed=2)
+    return random_vocoder()
 
 
 def _tokens(num_latents: int, seed: int = 3) -> torch.Tensor:
@@ -359,52 +367,7 @@ def test_no_clicks_at_block_seams(signal: str) -> None:
     assert hard_jumps.max() > 3 * inside_max
 
 
-# Checkpoint tensors and misuse ------------------------------------------------------------
-
-
-def _checkpoint(audio_vae: AudioVAEDecoder, vocoder: Vocoder) -> dict[str, torch.Tensor]:
-    tensors = {"audio_vae." + k: v.clone() for k, v in audio_vae.state_dict().items()}
-    tensors.update({"vocoder." + k: v.clone() for k, v in vocoder.state_dict().items()})
-    tensors["audio_vae.encoder.conv_in.conv.weight"] = torch.zeros(8, 2, 3, 3)  # ignored
-    tensors["model.diffusion_model.patchify_proj.weight"] = torch.zeros(4, 4)  # ignored
-    return tensors
-
-
-def test_load_from_checkpoint_tensors(audio_vae, vocoder) -> None:
-    tensors = _checkpoint(audio_vae, vocoder)
-    loaded_vae = AudioVAEDecoder.from_checkpoint_tensors(tensors, audio_vae.config)
-    loaded_vocoder = Vocoder.from_checkpoint_tensors(tensors, vocoder.config)
-    tokens = _tokens(4)
-    with torch.no_grad():
-        assert torch.equal(loaded_vae(tokens), audio_vae(tokens))
-        assert torch.equal(loaded_vocoder(audio_vae(tokens)), vocoder(audio_vae(tokens)))
-    assert not any(p.is_meta for p in loaded_vae.parameters())
-
-
-def test_missing_or_wrong_tensors_are_named(audio_vae, vocoder) -> None:
-    tensors = _checkpoint(audio_vae, vocoder)
-    del tensors["audio_vae.decoder.up.1.upsample.conv.conv.weight"]
-    del tensors["audio_vae.per_channel_statistics.std-of-means"]
-    with pytest.raises(AudioCheckpointError) as error:
-        AudioVAEDecoder.from_checkpoint_tensors(tensors, audio_vae.config, source="ltx-2-19b-dev.safetensors")
-    message = str(error.value)
-    assert "ltx-2-19b-dev.safetensors: 2 audio VAE decoder tensor(s) missing" in message
-    assert "audio_vae.decoder.up.1.upsample.conv.conv.weight" in message
-    assert "audio_vae.per_channel_statistics.std-of-means" in message
-
-    tensors = _checkpoint(audio_vae, vocoder)
-    del tensors["vocoder.resblocks.7.convs2.1.bias"]
-    with pytest.raises(AudioCheckpointError, match=r"1 vocoder tensor\(s\) missing: vocoder.resblocks.7.convs2.1.bias"):
-        Vocoder.from_checkpoint_tensors(tensors, vocoder.config)
-
-    tensors = {**_checkpoint(audio_vae, vocoder), "vocoder.conv_pre.weight": torch.zeros(1024, 128, 7)}
-    with pytest.raises(AudioCheckpointError, match=r"conv_pre.weight \(1024, 128, 7\) \(expected \(32, 128, 7\)\)"):
-        Vocoder.from_checkpoint_tensors(tensors, vocoder.config)
-
-    # LTX-2.3's bandwidth-extension vocoder carries tensors this architecture does not have.
-    tensors = {**_checkpoint(audio_vae, vocoder), "vocoder.bwe_generator.conv_pre.weight": torch.zeros(1)}
-    with pytest.raises(AudioCheckpointError, match="unexpected vocoder tensor.*bwe_generator"):
-        Vocoder.from_checkpoint_tensors(tensors, vocoder.config)
+# Misuse (loading from a checkpoint: test_decoder_loading.py) ------------------------------
 
 
 def test_blocks_must_come_in_order(audio_vae, vocoder) -> None:

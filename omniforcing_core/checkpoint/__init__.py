@@ -4,9 +4,12 @@
   tensors read one at a time, memory-mapped, straight to a device and dtype.
 - ``load_model``: the OmniForcing generator over the LTX-2 base file into a ready
   ``AVTransformer`` built on meta and filled tensor by tensor.
+- ``load_decoders``: the video VAE decoder, audio VAE decoder and vocoder from the LTX-2
+  base file, each checked and filled the same way (``load_module_weights``).
 - ``save_checkpoint``: the same layouts back (single or sharded, any prefix, fp8).
 """
 
+from .components import LoadedDecoders, load_decoders
 from .detect import OVERRIDE_KEYS
 from .fp8 import FP8Linear, dequantize_fp8, quantize_fp8
 from .keys import describe_keys, expected_tensors, find_transformer_prefix
@@ -20,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "FP8Linear",
     "LoadReport",
+    "LoadedDecoders",
     "LoadedModel",
     "OVERRIDE_KEYS",
     "SourceSummary",
@@ -30,6 +34,7 @@ __all__ = [
     "describe_keys",
     "expected_tensors",
     "find_transformer_prefix",
+    "load_decoders",
     "load_model",
     "load_module_weights",
     "open_checkpoint",

@@ -71,6 +71,68 @@ def _tensors(module: nn.Module) -> Iterable[tuple[str, torch.Tensor]]:
     yield from module.named_buffers()
 
 
+@dataclass(frozen=True)
+class ModuleWeights:
+    """The checked reads that fill one module, and the tensors under its prefix it does not have."""
+
+    module: nn.Module
+    reads: Mapping[str, TensorRead]
+    unexpected: list[str]
+
+    def load(self, device: torch.device | str = "cpu") -> list[str]:
+        """Read every tensor into the module; returns ``unexpected``."""
+        materialize(self.module, self.reads, device)
+        return self.unexpected
+
+
+def check_module_weights(
+    module: nn.Module,
+    checkpoint: Checkpoint,
+    prefix: str = "",
+    *,
+    dtype: torch.dtype | None = None,
+    strict: bool = True,
+    ignore: tuple[str, ...] = (),
+) -> ModuleWeights:
+    """Match ``module``'s state dict to the tensors under ``prefix``, from the headers alone.
+
+    Every tensor of the state dict must be present with its exact shape. Tensors under
+    ``prefix`` the module does not have are an error with ``strict``, else reported in
+    ``unexpected``; those under an ``ignore`` sub-prefix (e.g. ``"encoder."``: parts of
+    the component that are not built) are skipped either way. Every problem is named
+    in one error. Nothing is read: that is ``load``.
+    """
+    expected = {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+    available = {
+        key[len(prefix):]: key for key in checkpoint.group(prefix)
+        if key[len(prefix):] in expected or not key[len(prefix):].startswith(ignore)
+    }
+    owner = type(module).__name__
+    problems = []
+    missing = [prefix + name for name in expected if name not in available]
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) of {owner} missing under '{prefix}': {summarize_names(missing)}")
+    wrong = [
+        f"'{available[name]}' {list(checkpoint.info(available[name]).shape)} (expected {list(shape)})"
+        for name, shape in expected.items()
+        if name in available and checkpoint.info(available[name]).shape != shape
+    ]
+    if wrong:
+        problems.append(
+            f"{len(wrong)} tensor(s) under '{prefix}' have the wrong shape: "
+            + ", ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else "")
+        )
+    unexpected = sorted(available[name] for name in available if name not in expected)
+    if unexpected and strict:
+        problems.append(
+            f"{len(unexpected)} tensor(s) under '{prefix}' that {owner} does not have: {summarize_names(unexpected)}"
+        )
+    if problems:
+        raise CheckpointError(f"{checkpoint.path}: " + "; ".join(problems))
+    reads = {name: TensorRead(checkpoint, available[name], dtype) for name in expected}
+    return ModuleWeights(module, reads, unexpected)
+
+
 def load_module_weights(
     module: nn.Module,
     checkpoint: Checkpoint,
@@ -79,37 +141,13 @@ def load_module_weights(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     strict: bool = True,
+    ignore: tuple[str, ...] = (),
 ) -> list[str]:
     """Fill ``module`` (built on meta, or not) from the tensors under ``prefix``.
 
-    Every tensor of the module's state dict must be present with its exact shape; this
-    is checked from the headers before anything is read. Tensors under ``prefix`` the
-    module does not have are an error with ``strict``, else returned. Buffers the state
-    dict does not hold (non-persistent ones) must not be on meta: build them for real.
+    Checks everything ``check_module_weights`` does before anything is read, then reads
+    each tensor straight to ``device`` and ``dtype`` (None keeps the file's). Returns the
+    unexpected tensors (only ever non-empty without ``strict``). Buffers the state dict
+    does not hold (non-persistent ones) must not be on meta: build them for real.
     """
-    expected = {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
-    available = {key[len(prefix):]: key for key in checkpoint.group(prefix)}
-    missing = [name for name in expected if name not in available]
-    if missing:
-        raise CheckpointError(
-            f"{checkpoint.path}: {len(missing)} tensor(s) of {type(module).__name__} missing under "
-            f"'{prefix}': {summarize_names(missing)}"
-        )
-    wrong = [
-        f"'{available[name]}' {list(checkpoint.info(available[name]).shape)} (expected {list(shape)})"
-        for name, shape in expected.items()
-        if checkpoint.info(available[name]).shape != shape
-    ]
-    if wrong:
-        raise CheckpointError(
-            f"{checkpoint.path}: {len(wrong)} tensor(s) under '{prefix}' have the wrong shape: "
-            + ", ".join(wrong[:8]) + (" ..." if len(wrong) > 8 else "")
-        )
-    unexpected = sorted(available[name] for name in available if name not in expected)
-    if unexpected and strict:
-        raise CheckpointError(
-            f"{checkpoint.path}: {len(unexpected)} tensor(s) under '{prefix}' that "
-            f"{type(module).__name__} does not have: {summarize_names(unexpected)}"
-        )
-    materialize(module, {name: TensorRead(checkpoint, available[name], dtype) for name in expected}, device)
-    return unexpected
+    return check_module_weights(module, checkpoint, prefix, dtype=dtype, strict=strict, ignore=ignore).load(device)

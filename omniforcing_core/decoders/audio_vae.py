@@ -18,7 +18,7 @@ Parameter names equal the checkpoint's keys after its ``audio_vae.`` prefix:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -29,12 +29,7 @@ from ..layout import MEL_HOP, MEL_SAMPLE_RATE
 
 CHECKPOINT_PREFIX = "audio_vae."
 _STATISTICS_NAMES = ("mean-of-means", "std-of-means")
-_LIST_PREVIEW = 8
 PIXEL_NORM_EPS = 1e-6  # both reference decoders use this, and no metadata key sets it
-
-
-class AudioCheckpointError(ValueError):
-    """Audio VAE or vocoder tensors of a checkpoint do not match the configuration."""
 
 
 # Configuration ---------------------------------------------------------------------
@@ -468,83 +463,3 @@ class AudioVAEDecoder(nn.Module):
         mel = self.decoder(latents, state)
         state.latent_frames_seen += latents.shape[2]
         return mel
-
-    @classmethod
-    def from_checkpoint_tensors(
-        cls,
-        tensors: Mapping[str, torch.Tensor],
-        config: AudioVAEConfig,
-        *,
-        prefix: str = CHECKPOINT_PREFIX,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        source: str = "checkpoint",
-    ) -> "AudioVAEDecoder":
-        """Build the decoder from a checkpoint's tensors without a second allocation.
-
-        ``tensors`` maps full checkpoint names (``audio_vae.decoder...``) to tensors (a
-        safetensors handle's view works); the encoder and other components are ignored.
-        """
-        with torch.device("meta"):
-            module = cls(config)
-        load_component_tensors(
-            module, tensors, prefix=prefix, owned_prefixes=(prefix + "decoder.",),
-            component="audio VAE decoder", dtype=dtype, device=device, source=source,
-        )
-        return module.eval()
-
-
-# Checkpoint loading (shared with the vocoder) ----------------------------------------
-
-
-def load_component_tensors(
-    module: nn.Module,
-    tensors: Mapping[str, torch.Tensor],
-    *,
-    prefix: str,
-    owned_prefixes: Iterable[str],
-    component: str,
-    dtype: torch.dtype,
-    device: torch.device | str,
-    source: str,
-) -> None:
-    """Load ``prefix + name`` tensors into ``module`` (built on meta or not), checking them.
-
-    Missing tensors, wrong shapes, and unknown tensors under ``owned_prefixes`` (a
-    checkpoint of another architecture, e.g. a decoder with attention or LTX-2.3's
-    BWE vocoder) raise ``AudioCheckpointError`` naming them.
-    """
-    expected = {prefix + name: tuple(t.shape) for name, t in module.state_dict().items()}
-    missing = [name for name in expected if name not in tensors]
-    if missing:
-        raise AudioCheckpointError(
-            f"{source}: {len(missing)} {component} tensor(s) missing: {_preview(missing)}. "
-            f"Load the LTX-2 base checkpoint (e.g. ltx-2-19b-dev.safetensors), which holds "
-            f"'{prefix}*' tensors, or check that its metadata matches the file"
-        )
-    wrong = [
-        f"{name} {tuple(tensors[name].shape)} (expected {shape})"
-        for name, shape in expected.items()
-        if tuple(tensors[name].shape) != shape
-    ]
-    if wrong:
-        raise AudioCheckpointError(
-            f"{source}: {len(wrong)} {component} tensor(s) have the wrong shape: {_preview(wrong)}; "
-            "the configuration does not describe this checkpoint"
-        )
-    owned = tuple(owned_prefixes)
-    unknown = sorted(name for name in tensors if name.startswith(owned) and name not in expected)
-    if unknown:
-        raise AudioCheckpointError(
-            f"{source}: {len(unknown)} unexpected {component} tensor(s): {_preview(unknown)}; "
-            "this checkpoint's architecture differs from the configuration (only the LTX-2 19B "
-            "HiFi-GAN vocoder and attention-free audio VAE are supported)"
-        )
-    state = {name[len(prefix):]: tensors[name].to(device=device, dtype=dtype) for name in expected}
-    module.load_state_dict(state, strict=True, assign=True)
-
-
-def _preview(names: list[str]) -> str:
-    shown = ", ".join(names[:_LIST_PREVIEW])
-    return shown if len(names) <= _LIST_PREVIEW else f"{shown}, ... ({len(names) - _LIST_PREVIEW} more)"
-

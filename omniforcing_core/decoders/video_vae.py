@@ -1,4 +1,4 @@
-"""The LTX-2 video VAE decoder: config, modules, whole-clip decode and weight loading.
+"""The LTX-2 video VAE decoder: config, modules and whole-clip decode.
 
 The decoder turns the transformer's normalized latents [B, 128, F, H, W] into pixels
 [B, 3, 8(F-1)+1, 32H, 32W] in [-1, 1]: un-normalize with the per-channel statistics,
@@ -13,8 +13,8 @@ through :class:`TemporalChunk`: a whole clip is one chunk that starts and ends t
 stream, while the streaming decoder (``video_stream.py``) runs consecutive chunks that
 hand each conv's last input frame on to the next chunk.
 
-Parameter names equal the checkpoint's with the ``vae.`` prefix removed:
-``decoder.*`` and ``per_channel_statistics.*`` (the encoder is not built here).
+Parameter names equal the checkpoint's with the ``vae.`` prefix (``CHECKPOINT_PREFIX``)
+removed: ``decoder.*`` and ``per_channel_statistics.*`` (the encoder is not built here).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from torch import nn
 from ..config import ConfigError
 from ..layout import SPATIAL_COMPRESSION, VIDEO_TIME_COMPRESSION
 
+CHECKPOINT_PREFIX = "vae."
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _SINUSOID_CHANNELS = 256
 _PIXEL_NORM_EPS = 1e-8
@@ -45,10 +46,6 @@ _UNSTREAMABLE_BLOCKS = {
     "attn_res_x": "its attention spans the whole clip in time",
     "attn": "its attention spans the whole clip in time",
 }
-
-
-class VideoVAEWeightsError(ValueError):
-    """Video VAE tensors that do not match the configured architecture."""
 
 
 # Config --------------------------------------------------------------------------
@@ -662,8 +659,8 @@ class LatentStatistics(nn.Module):
 class VideoVAE(nn.Module):
     """The decoding half of the LTX-2 video VAE; its state dict is the ``vae.`` slice of a checkpoint.
 
-    Build on ``torch.device("meta")`` and load with :func:`load_video_vae_weights` to
-    avoid allocating twice.
+    ``omniforcing_core.checkpoint.load_decoders`` builds it on ``torch.device("meta")`` and
+    fills it tensor by tensor, so the weights are never allocated twice.
     """
 
     def __init__(self, config: VideoVAEConfig) -> None:
@@ -730,7 +727,7 @@ def pixels_to_frames(pixels: torch.Tensor) -> torch.Tensor:
     return ((pixels[0].float().clamp(-1.0, 1.0) + 1.0) / 2.0).permute(1, 2, 3, 0)
 
 
-# Weights -------------------------------------------------------------------------
+# Checkpoint layout ---------------------------------------------------------------
 
 
 def video_vae_tensor_shapes(config: VideoVAEConfig) -> dict[str, tuple[int, ...]]:
@@ -738,52 +735,3 @@ def video_vae_tensor_shapes(config: VideoVAEConfig) -> dict[str, tuple[int, ...]
     with torch.device("meta"):
         module = VideoVAE(config)
     return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
-
-
-def load_video_vae_weights(
-    vae: VideoVAE, tensors: Mapping[str, torch.Tensor], *, source: str = "the checkpoint"
-) -> None:
-    """Load ``decoder.*`` and ``per_channel_statistics.*`` tensors, all or nothing.
-
-    Names are relative to the ``vae.`` prefix; names outside those two groups (the
-    encoder) are ignored. Missing, surplus and misshapen tensors are reported by name
-    before anything is copied. A module built on the meta device takes the tensors as
-    they are (no copy, their dtype).
-    """
-    expected = {name: tuple(t.shape) for name, t in vae.state_dict().items()}
-    ours = {
-        name: tensor for name, tensor in tensors.items()
-        if name.startswith(("decoder.", "per_channel_statistics."))
-    }
-    problems = []
-    missing = sorted(set(expected) - set(ours))
-    if missing:
-        problems.append(f"missing {len(missing)} tensor(s): {_name_list(missing)}")
-    surplus = sorted(set(ours) - set(expected))
-    if surplus:
-        problems.append(
-            f"{len(surplus)} tensor(s) the configured decoder does not have: {_name_list(surplus)}"
-        )
-    misshapen = [
-        f"{name} is {tuple(ours[name].shape)}, expected {expected[name]}"
-        for name in sorted(set(ours) & set(expected))
-        if tuple(ours[name].shape) != expected[name]
-    ]
-    if misshapen:
-        problems.append(f"{len(misshapen)} tensor(s) with the wrong shape: {_name_list(misshapen)}")
-    if problems:
-        conditioned = vae.config.timestep_conditioning
-        raise VideoVAEWeightsError(
-            f"the video VAE decoder in {source} does not match its config "
-            f"(timestep_conditioning={conditioned}, bottleneck {vae.config.bottleneck_channels} channels): "
-            + "; ".join(problems)
-            + ". Names are taken without the 'vae.' prefix; check that the file is an LTX-2 checkpoint "
-            "and that its 'vae' metadata describes it."
-        )
-    on_meta = any(t.is_meta for t in vae.state_dict().values())
-    vae.load_state_dict(ours, strict=True, assign=on_meta)
-
-
-def _name_list(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown if len(names) <= limit else f"{shown}, ... ({len(names) - limit} more)"

@@ -23,7 +23,6 @@ from torch import nn
 
 from ..config import ConfigError
 from ..layout import MEL_HOP, MEL_SAMPLE_RATE
-from .audio_vae import load_component_tensors
 
 CHECKPOINT_PREFIX = "vocoder."
 MEL_BINS = 64  # per audio channel; conv_pre takes 2 x 64 = 128 channels in stereo
@@ -272,23 +271,3 @@ class Vocoder(nn.Module):
             blocks = self.resblocks[stage * per_stage:(stage + 1) * per_stage]
             x = sum(block(x) for block in blocks) / per_stage
         return torch.tanh(self.conv_post(F.leaky_relu(x, FINAL_SLOPE)))
-
-    @classmethod
-    def from_checkpoint_tensors(
-        cls,
-        tensors: Mapping[str, torch.Tensor],
-        config: VocoderConfig,
-        *,
-        prefix: str = CHECKPOINT_PREFIX,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str = "cpu",
-        source: str = "checkpoint",
-    ) -> "Vocoder":
-        """Build the vocoder from a checkpoint's ``vocoder.*`` tensors (see the audio VAE's twin)."""
-        with torch.device("meta"):
-            module = cls(config)
-        load_component_tensors(
-            module, tensors, prefix=prefix, owned_prefixes=(prefix,),
-            component="vocoder", dtype=dtype, device=device, source=source,
-        )
-        return module.eval()

@@ -1,0 +1,144 @@
+"""The LTX-2 decoders (video VAE, audio VAE, vocoder) from the base checkpoint.
+
+The OmniForcing generator holds only the transformer; the decoders come from the LTX-2
+base file under ``vae.``, ``audio_vae.`` and ``vocoder.``. Each architecture comes from
+an explicit config, else the file's metadata ``config`` section, else the LTX-2 19B
+preset (then a mismatch shows as a shape error). All three decoders are checked
+against the headers before any tensor is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from ..decoders.audio_vae import CHECKPOINT_PREFIX as AUDIO_VAE_PREFIX
+from ..decoders.audio_vae import AudioVAEConfig, AudioVAEDecoder
+from ..decoders.video_vae import CHECKPOINT_PREFIX as VIDEO_VAE_PREFIX
+from ..decoders.video_vae import VideoVAE, VideoVAEConfig
+from ..decoders.vocoder import CHECKPOINT_PREFIX as VOCODER_PREFIX
+from ..decoders.vocoder import Vocoder, VocoderConfig
+from .loader import resolve_dtype
+from .materialize import ModuleWeights, check_module_weights
+from .reader import Checkpoint, CheckpointError, open_checkpoint
+
+_BASE_FILE_HINT = (
+    "the LTX-2 base checkpoint (ltx-2-19b-*.safetensors) holds the decoders; the OmniForcing "
+    "generator holds none, so pass the base file"
+)
+
+
+@dataclass(frozen=True)
+class LoadedDecoders:
+    video_vae: VideoVAE
+    audio_vae: AudioVAEDecoder
+    vocoder: Vocoder
+
+
+@dataclass(frozen=True)
+class _Component:
+    """Where one decoder lives in the base file and how its config is found."""
+
+    label: str
+    module_type: Callable[[Any], nn.Module]
+    config_type: type
+    argument: str  # load_decoders' keyword for an explicit config
+    section: str  # metadata config section
+    prefix: str
+    ignore: tuple[str, ...]  # parts of the component that are not built
+    parse: Callable[[Mapping[str, Any], Checkpoint], Any]
+
+
+_COMPONENTS = (
+    _Component(
+        "video VAE", VideoVAE, VideoVAEConfig, "video_config", "vae", VIDEO_VAE_PREFIX, ("encoder.",),
+        # Files without the timestep_conditioning key tell it by their tensor names.
+        lambda section, checkpoint: VideoVAEConfig.from_metadata(
+            section, tensor_names=checkpoint.group(VIDEO_VAE_PREFIX)
+        ),
+    ),
+    _Component(
+        "audio VAE", AudioVAEDecoder, AudioVAEConfig, "audio_vae_config", "audio_vae", AUDIO_VAE_PREFIX,
+        ("encoder.",), lambda section, _: AudioVAEConfig.from_metadata(section),
+    ),
+    _Component(
+        "vocoder", Vocoder, VocoderConfig, "vocoder_config", "vocoder", VOCODER_PREFIX, (),
+        lambda section, _: VocoderConfig.from_metadata(section),
+    ),
+)
+
+
+def load_decoders(
+    base_path_or_checkpoint: str | os.PathLike | Checkpoint,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    video_config: VideoVAEConfig | None = None,
+    audio_vae_config: AudioVAEConfig | None = None,
+    vocoder_config: VocoderConfig | None = None,
+) -> LoadedDecoders:
+    """Build the video VAE decoder, audio VAE decoder and vocoder from the LTX-2 base file.
+
+    ``base_path_or_checkpoint``: a ``.safetensors``, an ``.index.json``, a folder, or an
+    open ``Checkpoint`` (left open). The decoders are built on the meta device and
+    filled tensor by tensor, straight to ``device`` and ``dtype``, and returned in eval
+    mode. The encoders' tensors are skipped; any other tensor under a decoder's prefix
+    that the configured decoder lacks (e.g. LTX-2.3's bandwidth-extension vocoder) is
+    an error, as are missing and misshapen ones.
+    """
+    dtype = resolve_dtype(dtype)
+    with ExitStack() as stack:
+        checkpoint = base_path_or_checkpoint
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = stack.enter_context(open_checkpoint(checkpoint))
+        _check_components_present(checkpoint)
+        plans: list[ModuleWeights] = []
+        for component, explicit in zip(_COMPONENTS, (video_config, audio_vae_config, vocoder_config)):
+            config, config_source = _resolve_config(checkpoint, component, explicit)
+            with torch.device("meta"):
+                module = component.module_type(config)
+            try:
+                plans.append(check_module_weights(module, checkpoint, component.prefix, dtype=dtype,
+                                                  ignore=component.ignore))
+            except CheckpointError as error:
+                raise CheckpointError(f"{error}. The {component.label} config came from {config_source}") from None
+        for plan in plans:
+            plan.load(device)
+    return LoadedDecoders(*(plan.module.eval() for plan in plans))
+
+
+def _check_components_present(checkpoint: Checkpoint) -> None:
+    absent = [c for c in _COMPONENTS if not checkpoint.group(c.prefix)]
+    if absent:
+        listed = ", ".join(f"{c.label} ('{c.prefix}*')" for c in absent)
+        raise CheckpointError(f"{checkpoint.path}: holds no {listed} tensors; {_BASE_FILE_HINT}")
+
+
+def _resolve_config(checkpoint: Checkpoint, component: _Component, explicit: Any) -> tuple[Any, str]:
+    """The component's config and where it came from (for error messages)."""
+    if explicit is not None:
+        if not isinstance(explicit, component.config_type):
+            raise TypeError(
+                f"{component.argument} must be a {component.config_type.__name__}, got {type(explicit).__name__}"
+            )
+        return explicit, f"the {component.argument} argument"
+    section = checkpoint.config_section(component.section)
+    if section is None:
+        return (
+            component.config_type.ltx2_19b(),
+            f"the LTX-2 19B preset, as {checkpoint.path} has no '{component.section}' metadata config section "
+            f"(pass {component.argument}= if the file holds another architecture)",
+        )
+    try:
+        return component.parse(section, checkpoint), f"the '{component.section}' metadata config section"
+    except ConfigError as error:
+        raise CheckpointError(
+            f"{checkpoint.path}: metadata config section '{component.section}': {error}"
+        ) from None
