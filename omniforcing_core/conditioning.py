@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -49,6 +50,10 @@ class TextConditioning:
                 f"text mask must be [batch, tokens] = {tuple(self.video.shape[:2])}, got {tuple(self.mask.shape)}"
             )
 
+    def to(self, device: torch.device | str) -> "TextConditioning":
+        mask = None if self.mask is None else self.mask.to(device)
+        return TextConditioning(self.video.to(device), self.audio.to(device), mask)
+
     def lerp(self, other: "TextConditioning", weight: float) -> "TextConditioning":
         """Blend towards ``other`` (prompt switching over several blocks)."""
         if self.video.shape != other.video.shape:
@@ -58,3 +63,36 @@ class TextConditioning:
         return TextConditioning(
             torch.lerp(self.video, other.video, weight), torch.lerp(self.audio, other.audio, weight), other.mask
         )
+
+
+def save_text_conditioning(path: str | Path, text: TextConditioning) -> None:
+    """Save a prompt's contexts (e.g. from ComfyUI's LTX-2 text encoder) for the standalone command."""
+    from safetensors.torch import save_file
+
+    tensors = {"video": text.video.contiguous().cpu(), "audio": text.audio.contiguous().cpu()}
+    if text.mask is not None:
+        tensors["mask"] = text.mask.contiguous().cpu()
+    save_file(tensors, str(path))
+
+
+def load_text_conditioning(path: str | Path, caption_channels: int) -> TextConditioning:
+    """Read a file written by ``save_text_conditioning`` (or one joint ``context`` tensor
+    [B, tokens, 2 * width] in ComfyUI's LTX-2 layout)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise ConditioningError(f"could not read the prompt context file {path}: {exc}") from exc
+    if "context" in tensors:
+        text = TextConditioning.from_joint(tensors["context"].float(), caption_channels, tensors.get("mask"))
+    elif {"video", "audio"} <= tensors.keys():
+        text = TextConditioning(tensors["video"].float(), tensors["audio"].float(), tensors.get("mask"))
+    else:
+        raise ConditioningError(
+            f"{path} holds {sorted(tensors)}; a prompt context file needs 'video' and 'audio' "
+            "tensors (or one joint 'context' tensor)"
+        )
+    text.validate(caption_channels)
+    return text
