@@ -15,7 +15,7 @@ from .fp8 import FP8Linear, dequantize_fp8, quantize_fp8
 from .keys import describe_keys, expected_tensors, find_transformer_prefix
 from .loader import LoadedModel, LoadReport, SourceSummary, load_model, resolve_dtype
 from .materialize import load_module_weights
-from .reader import Checkpoint, CheckpointError, TensorInfo, TensorViews, open_checkpoint
+from .reader import Checkpoint, CheckpointError, TensorInfo, open_checkpoint
 from .writer import block_linear_weights, save_checkpoint
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "OVERRIDE_KEYS",
     "SourceSummary",
     "TensorInfo",
-    "TensorViews",
     "block_linear_weights",
     "dequantize_fp8",
     "describe_keys",

@@ -7,8 +7,7 @@ broken index or a pickle is refused before anything large is allocated.
 
 Tensor data is memory-mapped, one tensor at a time. ``read`` copies a tensor straight
 to its target device and dtype and unmaps its bytes, so loading a model costs one copy
-of its weights, never two. ``views`` hands out zero-copy CPU tensors over the file for
-callers (e.g. the decoders) that want a ``Mapping[str, Tensor]``.
+of its weights, never two.
 
 Pickle-based files (``.pt``, ``.ckpt``, ``.bin``...) are refused: unpickling runs
 arbitrary code, and even ``torch.load(weights_only=True)`` is an unpickler we would be
@@ -370,22 +369,6 @@ class Checkpoint:
         info = self.info(key)
         return self._where[key].read(info, device, dtype)
 
-    def read_group(self, prefix: str, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-                   strip_prefix: bool = True) -> dict[str, torch.Tensor]:
-        """Every tensor under ``prefix`` (for small components such as a VAE decoder)."""
-        return {
-            (key[len(prefix):] if strip_prefix else key): self.read(key, device=device, dtype=dtype)
-            for key in self.group(prefix)
-        }
-
-    def view(self, key: str) -> torch.Tensor:
-        """A zero-copy CPU tensor over the file; writes stay in this process (copy-on-write)."""
-        return self._where[key].view(self.info(key))
-
-    def views(self) -> "TensorViews":
-        """A lazy ``Mapping[str, Tensor]`` of zero-copy views, for code that takes a state dict."""
-        return TensorViews(self)
-
     def close(self) -> None:
         for file in self.files:
             file.close()
@@ -398,31 +381,6 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.path)!r}, {len(self.files)} file(s), {len(self)} tensors)"
-
-
-class TensorViews(Mapping):
-    """Keys from the headers; a tensor view is made only when a key is looked up.
-
-    ``.shape`` of a view costs nothing; ``.to(device, dtype)`` reads the bytes. Writes
-    to a view change only this process's private copy, never the file.
-    """
-
-    def __init__(self, checkpoint: Checkpoint):
-        self._checkpoint = checkpoint
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if key not in self._checkpoint:
-            raise KeyError(key)
-        return self._checkpoint.view(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._checkpoint)
-
-    def __len__(self) -> int:
-        return len(self._checkpoint)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._checkpoint
 
 
 # Opening ---------------------------------------------------------------------------
