@@ -13,14 +13,11 @@ import sys
 import time
 import torch
 
-from .checkpoint import load_decoders, load_model
 from .conditioning import TextConditioning, load_text_conditioning
-from .decoders.av_stream import AVStreamDecoder
-from .decoders.latent_preview import LatentPreview
-from .demo import tiny_decoders, tiny_model, write_tiny_checkpoints
-from .layout import BlockLayout
+from .demo import write_tiny_checkpoints
 from .media import Mp4StreamWriter
-from .sampler import StreamingSampler, StreamSettings
+from .pipeline import StreamPipeline
+from .sampler import StreamSettings
 from .schedule import PRESETS, parse_sigma_list, preset_sigmas
 
 
@@ -28,57 +25,46 @@ def _schedule(text: str) -> tuple[float, ...]:
     return tuple(preset_sigmas(text)) if text in PRESETS else parse_sigma_list(text)
 
 
-def _build(args: argparse.Namespace):
-    """(model, layout, decoders, text) from real checkpoints, or the tiny random preset."""
-    device = torch.device(args.device)
+def _build(args: argparse.Namespace) -> tuple[StreamPipeline, TextConditioning]:
+    """The pipeline from real checkpoints, or the tiny random preset, and the prompt."""
     if args.generator is None:
         print("No --generator given: using the tiny preset with RANDOM weights. The output is noise; "
               "it shows the machinery (streaming, decoding, muxing), not a picture.", file=sys.stderr)
-        model = tiny_model(args.seed).to(device)
-        layout = BlockLayout.released()
-        decoders = tuple(module.to(device) for module in tiny_decoders(args.seed))
+        pipeline = StreamPipeline.tiny_random(args.seed).to(args.device)
         generator = torch.Generator().manual_seed(args.seed)
-        shape = (1, 64, model.config.caption_channels)
+        shape = (1, 64, pipeline.caption_channels)
         text = TextConditioning(torch.randn(shape, generator=generator), torch.randn(shape, generator=generator))
-        return model, layout, decoders, text.to(device)
+        return pipeline, text.to(args.device)
     if args.base is None:
         raise SystemExit("--base is required with --generator: the LTX-2 base file holds the VAE, audio VAE and vocoder")
-    loaded = load_model(args.generator, args.base, device=device, dtype=args.dtype)
-    print(loaded.report.summary(), file=sys.stderr)
-    decoders = load_decoders(args.base, device=device)
     if args.context is None:
         raise SystemExit(
             "--context is required with a real model: a .safetensors prompt context, e.g. saved from ComfyUI "
             "with the 'OmniForcing Save Prompt Context' node after the LTX-2 text encoder"
         )
-    text = load_text_conditioning(args.context, loaded.config.caption_channels).to(device)
-    layout = BlockLayout.named(args.layout) if args.layout else loaded.layout
-    return loaded.model, layout, (decoders.video_vae, decoders.audio_vae, decoders.vocoder), text
+    pipeline = StreamPipeline.from_files(args.generator, args.base, device=args.device, dtype=args.dtype,
+                                         fp8_weights=args.fp8, layout=args.layout)
+    print(pipeline.info.describe(), file=sys.stderr)
+    return pipeline, load_text_conditioning(args.context, pipeline.caption_channels).to(args.device)
 
 
 def stream_command(args: argparse.Namespace) -> None:
-    model, layout, decoders, text = _build(args)
+    pipeline, text = _build(args)
     settings = StreamSettings(
         sigmas=_schedule(args.schedule),
         window_blocks=args.window,
         context_noise=args.context_noise,
         position_mode=args.position_mode,
     )
-    decoder = AVStreamDecoder(
-        *decoders,
-        video_lookahead_latents=args.video_lookahead,
-        preview=LatentPreview.sketch() if args.preview else None,
-        seed=args.seed,
-    )
-    sampler = StreamingSampler(model, layout, settings)
-    height, width = args.height, args.width
-    blocks_total = layout.num_blocks(args.seconds)
+    decoder = pipeline.decoder(video_lookahead_latents=args.video_lookahead, preview=args.preview, seed=args.seed)
+    sampler = pipeline.sampler(settings)
+    blocks_total = pipeline.layout.num_blocks(args.seconds)
     writer = Mp4StreamWriter(args.out, overwrite=args.overwrite)
     start = time.perf_counter()
     frames_total = 0
     try:
         previous = start
-        for block in sampler.stream(text, args.seconds, height, width, seed=args.seed, decoder=decoder):
+        for block in sampler.stream(text, args.seconds, args.height, args.width, seed=args.seed, decoder=decoder):
             writer.write(block.decoded.frames, block.decoded.waveform)
             now = time.perf_counter()
             frames_total += block.decoded.frames.shape[0]
@@ -125,7 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     stream.add_argument("--video-lookahead", type=int, default=0, help="latents held back for an exact video decode")
     stream.add_argument("--preview", action="store_true", help="fast latent->RGB frames instead of the VAE decode")
     stream.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    stream.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    stream.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute dtype")
+    stream.add_argument("--fp8", action="store_true", help="store the transformer's block weights in fp8")
     stream.add_argument("--out", default="out/stream.mp4")
     stream.add_argument("--overwrite", action="store_true")
     stream.set_defaults(run=stream_command)

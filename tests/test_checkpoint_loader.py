@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import GOLDEN, golden_model, golden_vectors, random_model
+from helpers import GOLDEN, golden_model, golden_vectors, random_model, random_text
 from omniforcing_core import BlockLayout, ModelConfig, TextConditioning
 from omniforcing_core.checkpoint import CheckpointError, FP8Linear, load_model, open_checkpoint, save_checkpoint
 from omniforcing_core.checkpoint.detect import detect_config
@@ -399,3 +399,22 @@ def test_fp8_weight_without_a_scale_counts_as_scale_one(tmp_path, models):
     expected.load_state_dict(dict(models[0].state_dict()) | {name: state[name].float()})
     for got, want in zip(outputs(loaded.model), outputs(expected)):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_fp8_weights_from_a_full_precision_file(tmp_path):
+
+    model = random_model()
+    path = tmp_path / "g.safetensors"
+    save_checkpoint(path, model, config=model.config)
+    loaded = load_model(path, dtype="fp32", fp8_weights=True)
+    linears = [m for m in loaded.model.modules() if isinstance(m, FP8Linear)]
+    assert len(linears) == len(loaded.report.fp8_layers) == 2 * (6 * 4 + 4)
+    assert all(m.weight.dtype == torch.float8_e4m3fn for m in linears)
+    assert not any(isinstance(m, torch.nn.Linear) for n, m in loaded.model.named_modules() if n.startswith("transformer_blocks"))
+    video, audio, sigma_v, sigma_a = torch.randn(1, 128, 4, 2, 3), torch.randn(1, 26, 128), torch.full((1, 4), 0.5), torch.full((1, 26), 0.5)
+    text = random_text(model.config)
+    with torch.no_grad():
+        reference = model(video, audio, sigma_v, sigma_a, text)
+        quantized = loaded.model(video, audio, sigma_v, sigma_a, text)
+    relative = (quantized[0] - reference[0]).norm() / reference[0].norm()
+    assert 1e-4 < relative < 0.1  # fp8 rounding: close, but not the same numbers

@@ -82,3 +82,26 @@ def swap_in_fp8_linears(model: nn.Module, weight_dtypes: dict[str, torch.dtype],
             linear.in_features, linear.out_features, linear.bias is not None,
             weight_dtype=weight_dtypes[name], bias_dtype=compute_dtype, device="meta",
         ))
+
+
+def quantize_block_linears_(model: nn.Module, compute_dtype: torch.dtype) -> list[str]:
+    """Store every transformer-block linear weight in fp8 (per-tensor scale), in place.
+
+    For a bf16/fp32 file loaded with fp8 weights: one layer at a time, so memory only
+    ever shrinks. Returns the names of the converted layers.
+    """
+    converted = []
+    for name, module in list(model.named_modules()):
+        if not (name.startswith("transformer_blocks.") and isinstance(module, nn.Linear)):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        fp8 = FP8Linear(module.in_features, module.out_features, module.bias is not None,
+                        bias_dtype=compute_dtype, device=module.weight.device)
+        weight, scale = quantize_fp8(module.weight)
+        fp8.weight.data = weight
+        fp8.weight_scale.copy_(scale)
+        if module.bias is not None:
+            fp8.bias.data = module.bias.detach().to(compute_dtype)
+        setattr(model.get_submodule(parent_name), child, fp8)
+        converted.append(name)
+    return converted

@@ -30,7 +30,7 @@ from ..config import ModelConfig
 from ..layout import BlockLayout
 from ..transformer import AVTransformer
 from .detect import LAYOUT_OVERRIDE, check_override_keys, detect_config, detect_layout
-from .fp8 import FP8_DTYPES, swap_in_fp8_linears
+from .fp8 import FP8_DTYPES, quantize_block_linears_, swap_in_fp8_linears
 from .keys import (
     BLOCK_KEY,
     LAYOUT_METADATA,
@@ -156,6 +156,7 @@ def load_model(
     dtype: torch.dtype | str = torch.bfloat16,
     overrides: Mapping[str, Any] | None = None,
     strict: bool = False,
+    fp8_weights: bool = False,
 ) -> LoadedModel:
     """Build the streaming transformer from the generator, filling gaps from the base file.
 
@@ -163,7 +164,8 @@ def load_model(
     ``dtype`` is the compute dtype (fp8 weights stay fp8). ``overrides`` may set any
     ModelConfig field or ``block_layout`` ('released' / 'paper'); one that contradicts
     the weights is an error. Unexpected tensors are reported (and warned about); with
-    ``strict`` they are an error.
+    ``strict`` they are an error. ``fp8_weights`` stores every block linear weight in
+    fp8 after loading (half the memory of bf16; computed in ``dtype``).
     """
     device = torch.device(device)
     dtype = resolve_dtype(dtype)
@@ -191,6 +193,8 @@ def load_model(
         for layer in plan.unscaled_fp8:
             assign_tensor(model, f"{layer}.weight_scale", torch.ones((), device=device))
         materialize(model, plan.reads, device)
+    if fp8_weights:
+        plan.report.fp8_layers.extend(quantize_block_linears_(model, dtype))
     model.eval()
     plan.report.bytes_loaded = plan.bytes_needed
     return LoadedModel(model, plan.config, plan.layout, plan.config.audio_sink_tokens, plan.report)
