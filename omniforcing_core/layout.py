@@ -192,6 +192,13 @@ class BlockLayout:
         last = self.block(self.num_blocks(num_seconds) - 1)
         return last.video_end, last.audio_end
 
+    def block_at_second(self, second: int) -> int:
+        """The block that holds stream second ``second`` (0-based): where a change "from
+        second k on" takes effect."""
+        if second < 0:
+            raise LayoutError(f"a stream second is >= 0, got {second}")
+        return second + 1 if self.has_prefix_block else second
+
     def block(self, index: int) -> BlockSpan:
         """Block ``index`` of an unbounded stream."""
         if index < 0:

@@ -124,6 +124,21 @@ class StreamingSampler:
         self.sink_tokens = model.check_sink_count(self.settings.audio_sink_tokens)
         self.cache: StreamKVCache | None = None
 
+    def memory_estimate(self, num_seconds: int | None, height: int, width: int, text_tokens: int = 1024) -> int:
+        """Bytes a stream needs beyond the weights: its KV cache (sized exactly, on the meta
+        device), the prompt's text keys, and a generous bound on one pass's activations."""
+        c = self.model.config
+        num_blocks = None if num_seconds is None else self.layout.num_blocks(check_seconds(num_seconds))
+        grid_hw = (height // 32, width // 32)
+        dtype = next(self.model.parameters()).dtype
+        cache = StreamKVCache(c, self.layout, grid_hw, self.settings.window_policy(num_blocks), self.sink_tokens,
+                              1, "meta", dtype)
+        element = torch.finfo(dtype).bits // 8
+        text = c.num_layers * 2 * text_tokens * (c.video_dim + c.audio_dim) * element
+        video_tokens = self.layout.block(0).video_frames * grid_hw[0] * grid_hw[1]
+        activations = 4 * video_tokens * c.video_dim * c.ffn_mult * element
+        return cache.nbytes + text + activations
+
     def stream(
         self,
         text: TextConditioning,

@@ -361,12 +361,12 @@ class AVTransformer(nn.Module):
     def encode_text(self, text: TextConditioning) -> TextKV:
         """Project the prompt and compute every layer's text keys and values once."""
         text.validate(self.config.caption_channels)
-        dtype = self.patchify_proj.weight.dtype
-        video_ctx = self.caption_projection(text.video.to(dtype))
-        audio_ctx = self.audio_caption_projection(text.audio.to(dtype))
+        weight = self.patchify_proj.weight
+        video_ctx = self.caption_projection(text.video.to(weight.device, weight.dtype))
+        audio_ctx = self.audio_caption_projection(text.audio.to(weight.device, weight.dtype))
         video = torch.stack([torch.stack(layer.attn2.key_value(video_ctx)) for layer in self.transformer_blocks])
         audio = torch.stack([torch.stack(layer.audio_attn2.key_value(audio_ctx)) for layer in self.transformer_blocks])
-        mask = None if text.mask is None else text.mask.bool()[:, None, None, :]
+        mask = None if text.mask is None else text.mask.to(weight.device).bool()[:, None, None, :]
         return TextKV(video, audio, mask)
 
     def _modulation(

@@ -248,3 +248,16 @@ def test_missing_paths(tmp_path):
         open_checkpoint(tmp_path / "nothing.safetensors")
     with pytest.raises(CheckpointError, match="holds no .safetensors files"):
         open_checkpoint(tmp_path)
+
+
+def test_listing_shows_files_and_indexes_not_shards(tmp_path):
+    from omniforcing_core.checkpoint import list_checkpoints, save_checkpoint
+
+    model = torch.nn.Linear(4, 4)
+    save_checkpoint(tmp_path / "single.safetensors", {"w": model.weight.detach()}, prefix="")
+    save_checkpoint(tmp_path / "sharded" / "gen.safetensors", {"a": torch.zeros(64), "b": torch.zeros(64)},
+                    prefix="", max_shard_bytes=300)
+    (tmp_path / "old.ckpt").write_bytes(b"pickle")
+    listed = list_checkpoints(tmp_path)
+    assert listed == ["sharded/gen.safetensors.index.json", "single.safetensors"]
+    assert list_checkpoints(tmp_path / "missing") == []

@@ -15,7 +15,7 @@ from .fp8 import FP8Linear, dequantize_fp8, quantize_fp8
 from .keys import describe_keys, expected_tensors, find_transformer_prefix
 from .loader import LoadedModel, LoadReport, SourceSummary, load_model, resolve_dtype
 from .materialize import load_module_weights
-from .reader import Checkpoint, CheckpointError, TensorInfo, open_checkpoint
+from .reader import Checkpoint, CheckpointError, TensorInfo, list_checkpoints, open_checkpoint
 from .writer import block_linear_weights, save_checkpoint
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "find_transformer_prefix",
     "load_decoders",
     "load_model",
+    "list_checkpoints",
     "load_module_weights",
     "open_checkpoint",
     "quantize_fp8",

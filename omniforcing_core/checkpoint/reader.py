@@ -451,3 +451,30 @@ def _open_index(index_path: Path) -> Checkpoint:
             )
     metadata = index.get("metadata") if isinstance(index.get("metadata"), dict) else {}
     return Checkpoint(index_path, list(shards.values()), index_path=index_path, index_metadata=metadata)
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[str]:
+    """Loadable checkpoints under ``root``, as paths relative to it: single safetensors
+    files and shard indexes. Shards named by an index are listed once, as their index;
+    pickles are never listed (they cannot be loaded)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found: list[str] = []
+    for folder, _, files in os.walk(root, followlinks=True):
+        folder = Path(folder)
+        sharded: set[str] = set()
+        for name in files:
+            if name.endswith(INDEX_SUFFIX):
+                found.append((folder / name).relative_to(root).as_posix())
+                try:
+                    weight_map = json.loads((folder / name).read_text(encoding="utf-8")).get("weight_map", {})
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                    continue
+                sharded.update(Path(shard).name for shard in weight_map.values())
+        found += [
+            (folder / name).relative_to(root).as_posix()
+            for name in files
+            if name.endswith(".safetensors") and name not in sharded
+        ]
+    return sorted(found)
