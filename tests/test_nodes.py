@@ -1,0 +1,295 @@
+"""Every node, run the way ComfyUI runs it, without ComfyUI: a recording bridge stands in
+for its folders, progress bar, websocket and interrupt flag."""
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import nodes
+from nodes import comfy_bridge, events
+from nodes.comfy_bridge import StandaloneBridge
+from omniforcing_core.conditioning import load_text_conditioning
+from omniforcing_core.demo import TINY_BASE_FILE, TINY_GENERATOR_FILE, write_tiny_checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Interrupted(BaseException):
+    """Like ComfyUI's InterruptProcessingException: a BaseException, not an Exception."""
+
+
+class RecordingBridge(StandaloneBridge):
+    def __init__(self, models_dir, temp_dir, output_dir):
+        super().__init__(models_dir)
+        self._temp, self._output = temp_dir, output_dir
+        self.events, self.progress_calls, self.releases = [], [], 0
+        self.interrupt_after_blocks = None
+
+    def temp_dir(self):
+        return self._temp
+
+    def output_dir(self):
+        return self._output
+
+    def send(self, event, payload):
+        self.events.append((event, payload))
+
+    def progress(self, node_id, value, total, preview=None):
+        self.progress_calls.append((node_id, value, total, None if preview is None else preview.size))
+
+    def check_interrupt(self):
+        if self.interrupt_after_blocks is not None and len(self.progress_calls) >= self.interrupt_after_blocks:
+            raise Interrupted(f"interrupted after {len(self.progress_calls)} blocks")
+
+    def release_memory(self):
+        self.releases += 1
+
+    def event_names(self):
+        return [event for event, _ in self.events]
+
+
+@pytest.fixture
+def bridge(tmp_path):
+    models = tmp_path / "models"
+    generator, base = write_tiny_checkpoints(tmp_path / "written")
+    (models / "omniforcing").mkdir(parents=True)
+    (models / "checkpoints").mkdir(parents=True)
+    generator.rename(models / "omniforcing" / generator.name)
+    base.rename(models / "checkpoints" / base.name)
+    recording = RecordingBridge(models, tmp_path / "temp", tmp_path / "output")
+    comfy_bridge.use_bridge(recording)
+    yield recording
+    comfy_bridge.use_bridge(None)
+
+
+def node(name):
+    return nodes.NODE_CLASS_MAPPINGS[name]()
+
+
+def conditioning(seed=0, tokens=16, width=64, extra=None):
+    generator = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, tokens, width, generator=generator), dict(extra or {"pooled_output": None})]]
+
+
+def load_tiny(weight_dtype="auto"):
+    result = node("OmniForcingModelLoader").load(TINY_GENERATOR_FILE, TINY_BASE_FILE, weight_dtype)
+    return result["result"][0], result["ui"]
+
+
+def settings(**changes):
+    inputs = dict(audio_sink_tokens=-1, window_seconds=8, retained_start_blocks=1, schedule="quality-4step",
+                  custom_sigmas="1000, 909, 725, 421, 0", context_noise=0.0, position_mode="absolute",
+                  decode_lookahead=0)
+    inputs.update(changes)
+    return node("OmniForcingStreamSettings").build(**inputs)[0]
+
+
+def run_sampler(model, seconds=2, decode="full", **kwargs):
+    return node("OmniForcingStreamingSampler").sample(
+        model, conditioning(), width=96, height=64, seconds=seconds, seed=3, decode=decode, unique_id="7", **kwargs
+    )
+
+
+# Definitions ----------------------------------------------------------------------
+
+
+def test_pack_loads_like_comfyui_loads_it():
+    spec = importlib.util.spec_from_file_location("omniforcing_pack", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules["omniforcing_pack"] = pack
+    try:
+        spec.loader.exec_module(pack)
+    finally:
+        sys.modules.pop("omniforcing_pack")
+    assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS) == {
+        "OmniForcingModelLoader", "OmniForcingStreamSettings", "OmniForcingStreamingSampler",
+        "OmniForcingPromptSchedule", "OmniForcingSavePromptContext",
+    }
+    assert all(name.startswith("OmniForcing ") for name in pack.NODE_DISPLAY_NAME_MAPPINGS.values())
+    assert pack.WEB_DIRECTORY == "./web"
+
+
+def test_input_definitions(bridge):
+    loader = nodes.NODE_CLASS_MAPPINGS["OmniForcingModelLoader"].INPUT_TYPES()["required"]
+    assert loader["generator"][0] == [TINY_GENERATOR_FILE]
+    assert loader["base"][0] == [TINY_BASE_FILE]
+    assert loader["weight_dtype"][0] == ["auto", "bf16", "fp16", "fp32", "fp8"]
+    sampler = nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamingSampler"]
+    required = sampler.INPUT_TYPES()["required"]
+    assert [required[k][1]["step"] for k in ("width", "height")] == [32, 32]
+    assert required["seconds"][1]["min"] == 1
+    assert sampler.RETURN_TYPES == ("IMAGE", "AUDIO", "FLOAT", "LATENT")
+    stream = nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamSettings"].INPUT_TYPES()["required"]
+    assert stream["schedule"][0] == ["quality-4step", "realtime-3step", "custom"]
+    assert stream["context_noise"][1]["round"] == 0.001  # the frontend would round to 0.1 otherwise
+
+
+# Loader ---------------------------------------------------------------------------
+
+
+def test_loader_detects_and_shows_the_architecture(bridge):
+    model, ui = load_tiny()
+    info = ui["text"][0]
+    assert "layout: released" in info and "audio sink tokens: 0" in info and "layers: 2" in info
+    assert model.compute_dtype == torch.float32  # auto on the CPU
+    assert model.pipeline.transformer.config.caption_channels == 32
+
+
+def test_loader_fp8_keeps_block_weights_in_fp8(bridge):
+    model, _ = load_tiny("fp8")
+    dtypes = {p.dtype for n, p in model.pipeline.transformer.named_parameters() if n.endswith("to_q.weight")}
+    assert dtypes == {torch.float8_e4m3fn}
+
+
+def test_missing_model_file_names_the_folders(bridge):
+    with pytest.raises(FileNotFoundError, match="omniforcing"):
+        node("OmniForcingModelLoader").load("nope.safetensors", TINY_BASE_FILE, "auto")
+
+
+# Sampler --------------------------------------------------------------------------
+
+
+def test_sampler_streams_images_audio_and_latent(bridge):
+    model, _ = load_tiny()
+    result = run_sampler(model, seconds=2, settings=settings())
+    images, audio, fps, latent = result["result"]
+    assert images.shape == (49, 64, 96, 3) and images.dtype == torch.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert audio["sample_rate"] == 24000 and tuple(audio["waveform"].shape) == (1, 2, 48240)
+    assert fps == 24.0
+    video_latent, audio_latent = latent["samples"]
+    assert tuple(video_latent.shape) == (1, 128, 7, 2, 3) and tuple(audio_latent.shape) == (1, 8, 51, 16)
+    assert bridge.event_names() == [events.START, events.BLOCK, events.BLOCK, events.END]
+    start, first, second, end = (payload for _, payload in bridge.events)
+    assert start["blocks"] == 2 and start["fps"] == 24 and start["node"] == "7"
+    assert [first["index"], second["index"]] == [0, 1]
+    assert len(first["frames"]) == 25 and len(second["frames"]) == 24
+    assert [first["samples"], second["samples"]] == [24240, 24000]
+    assert end == {"node": "7", "prompt_id": None, "blocks_done": 2, "interrupted": False}
+    folder = bridge.temp_dir() / first["audio"]["subfolder"]
+    assert (folder / first["audio"]["filename"]).stat().st_size == 44 + 24240 * 2 * 2  # 16-bit stereo WAV
+    assert all((folder / f["filename"]).exists() for f in first["frames"] + second["frames"])
+    assert [call[1:3] for call in bridge.progress_calls] == [(1, 2), (2, 2)]
+    assert bridge.progress_calls[0][3] == (96, 64)  # the preview image of the block's last frame
+    replay = result["ui"]["omniforcing"][0]
+    assert len(replay["frames"]) == 49 and replay["fps"] == 24
+    assert (bridge.temp_dir() / replay["audio"]["subfolder"] / replay["audio"]["filename"]).exists()
+
+
+def test_fast_preview_streams_sketches_and_still_returns_the_full_decode(bridge):
+    model, _ = load_tiny()
+    full = run_sampler(model, seconds=2)["result"]
+    preview = run_sampler(model, seconds=2, decode="fast preview")["result"]
+    assert torch.equal(full[0], preview[0])
+    assert torch.equal(full[1]["waveform"], preview[1]["waveform"])
+
+
+def test_interrupt_frees_the_stream_and_the_next_run_works(bridge):
+    model, _ = load_tiny()
+    bridge.interrupt_after_blocks = 1
+    with pytest.raises(Interrupted):
+        run_sampler(model, seconds=4)
+    assert bridge.event_names() == [events.START, events.BLOCK, events.END]
+    assert bridge.events[-1][1]["interrupted"] is True and bridge.events[-1][1]["blocks_done"] == 1
+    assert bridge.releases == 1
+    bridge.interrupt_after_blocks = None
+    bridge.events.clear()
+    images = run_sampler(model, seconds=2)["result"][0]
+    assert images.shape[0] == 49 and bridge.event_names()[-1] == events.END
+
+
+def test_prompt_schedule_switches_from_its_second(bridge):
+    model, _ = load_tiny()
+    schedule = node("OmniForcingPromptSchedule").schedule(conditioning(seed=9), at_second=2, blend_seconds=0)[0]
+    plain = run_sampler(model, seconds=3)["result"][3]["samples"][0]
+    switched = run_sampler(model, seconds=3, prompt_schedule=schedule)["result"][3]["samples"][0]
+    assert torch.equal(plain[:, :, :7], switched[:, :, :7])  # blocks 0 and 1
+    assert (plain[:, :, 7:] - switched[:, :, 7:]).abs().max() > 1e-4  # block 2 on
+
+
+def test_chained_prompt_switches_are_ordered_and_distinct():
+    schedule = nodes.NODE_CLASS_MAPPINGS["OmniForcingPromptSchedule"]()
+    first = schedule.schedule(conditioning(1), at_second=8, blend_seconds=1)[0]
+    both = schedule.schedule(conditioning(2), at_second=3, blend_seconds=0, previous=first)[0]
+    assert [change.second for change in both] == [3, 8]
+    with pytest.raises(ValueError, match="same second"):
+        schedule.schedule(conditioning(3), at_second=3, blend_seconds=0, previous=both)
+
+
+# Refusals -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(schedule="custom", custom_sigmas="1000, 500, 700, 0"), "strictly decrease"),
+        (dict(schedule="custom", custom_sigmas="1.0, 0.5"), "must end at sigma 0"),
+        (dict(schedule="custom", custom_sigmas="fast"), "could not read"),
+        (dict(context_noise=1.5), r"context_noise is a sigma in \[0, 1\)"),
+        (dict(retained_start_blocks=0), "retained_start_blocks must be >= 1"),
+        (dict(position_mode="sideways"), "position_mode must be one of"),
+    ],
+)
+def test_bad_settings_are_refused_in_the_node(changes, message):
+    inputs = dict(audio_sink_tokens=-1, window_seconds=8, retained_start_blocks=1, schedule="quality-4step",
+                  custom_sigmas="1000, 909, 725, 421, 0", context_noise=0.0, position_mode="absolute",
+                  decode_lookahead=0)
+    inputs.update(changes)
+    verdict = nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamSettings"].VALIDATE_INPUTS(**inputs)
+    assert isinstance(verdict, str) and re.search(message, verdict)
+
+
+def test_valid_settings_pass_validation():
+    assert nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamSettings"].VALIDATE_INPUTS(
+        audio_sink_tokens=-1, window_seconds=0, retained_start_blocks=2, schedule="realtime-3step",
+        custom_sigmas="", context_noise=0.05, position_mode="rebased", decode_lookahead=3,
+    ) is True
+
+
+def test_sink_count_beyond_the_weights_is_refused_before_streaming(bridge):
+    model, _ = load_tiny()
+    with pytest.raises(ValueError, match="0 to 0 of them, not 4"):
+        run_sampler(model, settings=settings(audio_sink_tokens=4))
+    assert bridge.events == []
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        (conditioning(width=7680), r"\[batch, tokens, 64\]"),
+        (conditioning(extra={"unprocessed_ltxav_embeds": True}), "LTX-2.3 text encoder"),
+        ([], "the prompt is empty"),
+    ],
+)
+def test_wrong_prompts_are_refused_with_a_reason(bridge, prompt, message):
+    model, _ = load_tiny()
+    with pytest.raises(ValueError, match=message):
+        node("OmniForcingStreamingSampler").sample(model, prompt, 96, 64, 2, 0, "full", unique_id="7")
+    assert bridge.events == []
+
+
+def test_bad_resolution_is_refused(bridge):
+    model, _ = load_tiny()
+    with pytest.raises(ValueError, match="multiple of 32"):
+        node("OmniForcingStreamingSampler").sample(model, conditioning(), 100, 64, 2, 0, "full")
+
+
+# Save prompt context --------------------------------------------------------------
+
+
+def test_saved_prompt_context_feeds_the_standalone_command(bridge):
+    prompt = conditioning(seed=4)
+    ui = node("OmniForcingSavePromptContext").save(prompt, "omniforcing/prompt")["ui"]
+    saved = bridge.output_dir() / ui["text"][0]
+    assert saved.name == "prompt_00001.safetensors"
+    text = load_text_conditioning(saved, 32)
+    assert torch.equal(text.video, prompt[0][0][..., :32]) and torch.equal(text.audio, prompt[0][0][..., 32:])
+    again = node("OmniForcingSavePromptContext").save(prompt, "omniforcing/prompt")["ui"]["text"][0]
+    assert again.endswith("prompt_00002.safetensors")
+    with pytest.raises(ValueError, match="inside the output folder"):
+        node("OmniForcingSavePromptContext").save(prompt, "../../etc/prompt")
