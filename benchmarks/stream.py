@@ -31,25 +31,40 @@ from omniforcing_core import (
     block_causal_masks,
     preset_sigmas,
 )
+from omniforcing_core.decoders.audio_vae import AudioVAEConfig, AudioVAEDecoder
+from omniforcing_core.decoders.av_stream import AVStreamDecoder
+from omniforcing_core.decoders.video_vae import VideoVAE, VideoVAEConfig
+from omniforcing_core.decoders.vocoder import Vocoder, VocoderConfig
 from omniforcing_core.layout import tokens_per_video_frame
 
+# name: (transformer, decoder preset name, default height, width)
 PRESETS = {
-    "tiny": (ModelConfig.tiny, 64, 96),
-    "mid": (ModelConfig.mid, 256, 384),
-    "19b": (ModelConfig.ltx2_19b, 512, 768),
+    "tiny": (ModelConfig.tiny, "tiny", 64, 96),
+    "mid": (ModelConfig.mid, "mid", 256, 384),
+    "19b": (ModelConfig.ltx2_19b, "ltx2_19b", 512, 768),
 }
 
 
-def random_model(config: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int) -> AVTransformer:
+def random_module(build, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
     """Build on meta, then fill in place on the device: no host copy of a 19B model."""
     with torch.device("meta"):
-        model = AVTransformer(config)
-    model = model.to_empty(device=device).to(dtype)
+        module = build()
+    module = module.to_empty(device=device).to(dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, 0.02, generator=generator)
-    return model.eval()
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if name.endswith("std-of-means"):
+                tensor.fill_(1.0)
+            elif tensor.is_floating_point():
+                tensor.normal_(0.0, 0.02, generator=generator)
+    return module.eval()
+
+
+def random_decoder(preset: str, device: torch.device, dtype: torch.dtype, seed: int) -> AVStreamDecoder:
+    video = random_module(lambda: VideoVAE(getattr(VideoVAEConfig, preset)()), device, dtype, seed + 1)
+    audio = random_module(lambda: AudioVAEDecoder(getattr(AudioVAEConfig, preset)()), device, dtype, seed + 2)
+    vocoder = random_module(lambda: Vocoder(getattr(VocoderConfig, preset)()), device, dtype, seed + 3)
+    return AVStreamDecoder(video, audio, vocoder)
 
 
 class SyncCounter:
@@ -125,7 +140,7 @@ def recompute_time(model, layout, block_index, grid_hw, sigmas, text, device, dt
 
 
 def run(args: argparse.Namespace) -> dict:
-    make_config, default_height, default_width = PRESETS[args.preset]
+    make_config, decoder_preset, default_height, default_width = PRESETS[args.preset]
     height, width = args.height or default_height, args.width or default_width
     grid_hw = (height // 32, width // 32)
     tokens_per_video_frame(height, width)
@@ -135,7 +150,8 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     config = make_config()
     layout = BlockLayout.named(args.layout)
-    model = random_model(config, device, dtype, args.seed)
+    model = random_module(lambda: AVTransformer(config), device, dtype, args.seed)
+    decoder = random_decoder(decoder_preset, device, dtype, args.seed) if args.decode else None
     sigmas = preset_sigmas(args.schedule)
     settings = StreamSettings(sigmas=tuple(sigmas), window_blocks=args.window, position_mode=args.position_mode)
     sampler = StreamingSampler(model, layout, settings)
@@ -147,13 +163,16 @@ def run(args: argparse.Namespace) -> dict:
     )
 
     warmup_start = time.perf_counter()
-    for _ in sampler.stream(text, args.warmup, height, width, seed=args.seed):
-        pass
+    for block in sampler.stream(text, args.warmup, height, width, seed=args.seed):
+        if decoder is not None:
+            decoder.push(block.span, block.video, block.audio)
     device_sync(device)
     warmup_s = time.perf_counter() - warmup_start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    if decoder is not None:
+        decoder.reset()
     denoise_s, decode_s, cache_bytes, frames = [], [], [], 0
     counter = SyncCounter()
     stream = sampler.stream(text, args.blocks, height, width, seed=args.seed)
@@ -168,9 +187,13 @@ def run(args: argparse.Namespace) -> dict:
         device_sync(device)
         generated = time.perf_counter()
         denoise_s.append(generated - block_start)
-        # Decoding plugs in here; without a decoder the pixel count is the layout's.
+        if decoder is not None:
+            decoded = decoder.push(block.span, block.video, block.audio, final=block.index == args.blocks - 1)
+            frames += decoded.frames.shape[0]
+        else:
+            frames += block.span.pixel_frames[1] - block.span.pixel_frames[0]
+        device_sync(device)
         decode_s.append(time.perf_counter() - generated)
-        frames += block.span.pixel_frames[1] - block.span.pixel_frames[0]
         cache_bytes.append(sampler.cache.nbytes)
         if ttfc_s is None:
             ttfc_s = time.perf_counter() - run_start
@@ -193,6 +216,7 @@ def run(args: argparse.Namespace) -> dict:
             "denoise": [round(t, 4) for t in denoise_s],
             "decode": [round(t, 4) for t in decode_s],
         },
+        "decoded": decoder is not None,
         "fps": round(frames / wall_s, 3),
         "realtime_factor": round(media_s / wall_s, 4),
         "cache_bytes": cache_bytes,
@@ -201,6 +225,8 @@ def run(args: argparse.Namespace) -> dict:
     }
     if device.type == "cuda":
         result["peak_mem_bytes"]["gpu"] = torch.cuda.max_memory_allocated(device)
+    if decoder is not None:
+        result["decode_fraction"] = round(median(decode_s[1:] or decode_s) / median(denoise_s[1:] or denoise_s), 4)
     totals = [a + b for a, b in zip(denoise_s, decode_s)]
     if args.blocks >= 60:
         early, late = median(totals[5:11]), median(totals[50:61])
@@ -225,6 +251,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--position-mode", choices=("absolute", "rebased"), default="absolute")
     parser.add_argument("--recompute-at", type=int, help="measure recompute_ratio at this block")
     parser.add_argument("--warmup", type=int, default=2, help="blocks streamed before timing")
+    parser.add_argument("--no-decode", dest="decode", action="store_false", help="time the transformer alone")
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)

@@ -120,6 +120,11 @@ class AudioVAEConfig:
         """Same architecture and latent geometry (tokens of 128), 8 base channels."""
         return replace(cls(base_channels=8), **overrides)
 
+    @classmethod
+    def mid(cls, **overrides: Any) -> "AudioVAEConfig":
+        """Same architecture, 32 base channels: CPU benchmarks."""
+        return replace(cls(base_channels=32), **overrides)
+
     # Checkpoint metadata (nested LTX form) -----------------------------------------
 
     def to_metadata(self) -> dict[str, Any]:

@@ -233,6 +233,18 @@ class VideoVAEConfig:
         )
         return replace(base, **overrides)
 
+    @classmethod
+    def mid(cls, **overrides: Any) -> "VideoVAEConfig":
+        """The 19B layout with two residual blocks per stage and widths 256 -> 32: CPU benchmarks."""
+        stage = DecoderBlock.res_x(2)
+        upsample = DecoderBlock.compress_all(multiplier=2, residual=True)
+        base = cls(
+            decoder_blocks=(stage, upsample, stage, upsample, stage, upsample, stage),
+            timestep_conditioning=False,
+            decoder_base_channels=32,
+        )
+        return replace(base, **overrides)
+
     # Checkpoint metadata (the ``vae`` section of ``__metadata__["config"]``) -------
 
     @classmethod

@@ -131,6 +131,11 @@ class VocoderConfig:
         """Same rates, kernels and dilations; 32 initial channels (down to 1 at the end)."""
         return replace(cls(upsample_initial_channel=32), **overrides)
 
+    @classmethod
+    def mid(cls, **overrides: Any) -> "VocoderConfig":
+        """Same rates and kernels, 128 initial channels: CPU benchmarks."""
+        return replace(cls(upsample_initial_channel=128), **overrides)
+
     # Checkpoint metadata ---------------------------------------------------------
 
     def to_metadata(self) -> dict[str, Any]:

@@ -1,0 +1,34 @@
+"""The benchmark runs and reports every field with sane values (no timing assertions)."""
+
+import json
+
+from benchmarks.stream import main
+
+
+def test_tiny_benchmark_reports_every_field(capsys):
+    main(["--preset", "tiny", "--blocks", "4", "--warmup", "1", "--recompute-at", "3", "--window", "2",
+          "--device", "cpu", "--threads", "1"])
+    result = json.loads(capsys.readouterr().out)
+    for field in ("ttfc_s", "block_s", "fps", "realtime_factor", "cache_bytes", "peak_mem_bytes",
+                  "recompute_ratio", "host_syncs", "warmup_s", "decode_fraction"):
+        assert field in result, field
+    assert len(result["block_s"]["denoise"]) == len(result["block_s"]["decode"]) == 4
+    assert all(t > 0 for t in result["block_s"]["denoise"] + result["block_s"]["decode"])
+    assert len(result["cache_bytes"]) == 4 and len(set(result["cache_bytes"])) == 1  # allocated once
+    assert result["host_syncs"] == 0
+    assert result["fps"] > 0 and result["realtime_factor"] > 0 and result["ttfc_s"] > 0
+    assert result["peak_mem_bytes"]["host"] > result["cache_bytes"][0]
+    assert result["recompute_ratio"] > 0 and result["recompute"]["block"] == 3
+    assert result["passes_per_block"] == 5
+
+
+def test_sync_counter_sees_host_reads():
+    import torch
+
+    from benchmarks.stream import SyncCounter
+
+    counter = SyncCounter()
+    with counter.counting():
+        torch.ones(3).sum().item()
+        float(torch.ones(()))
+    assert counter.count == 2
