@@ -15,7 +15,6 @@ own timestep. The network predicts velocity; x0 = x - sigma * v.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,38 +26,10 @@ from .conditioning import TextConditioning
 from .config import ModelConfig
 from .masks import AVMasks
 from .rope import RotaryTable, time_table, video_table
+from .timestep import TimestepEmbedder
 
 if TYPE_CHECKING:
     from .kv_cache import CachedBlock
-
-TIMESTEP_CHANNELS = 256
-
-
-# Building blocks (names follow the checkpoint) ------------------------------------
-
-
-def sinusoidal_timestep_embedding(timesteps: torch.Tensor, channels: int = TIMESTEP_CHANNELS) -> torch.Tensor:
-    """cos-then-sin embedding of [N] timesteps, fp32."""
-    half = channels // 2
-    exponents = torch.arange(half, dtype=torch.float32, device=timesteps.device) * (-math.log(10000.0) / half)
-    angles = timesteps.float().unsqueeze(1) * exponents.exp().unsqueeze(0)
-    return torch.cat([angles.cos(), angles.sin()], dim=1)
-
-
-class TimestepEmbedding(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(TIMESTEP_CHANNELS, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(features)))
-
-
-class _TimestepEmbedder(nn.Module):
-    def __init__(self, dim: int):
-        super().__init__()
-        self.timestep_embedder = TimestepEmbedding(dim)
 
 
 class AdaLayerNormSingle(nn.Module):
@@ -67,14 +38,13 @@ class AdaLayerNormSingle(nn.Module):
     def __init__(self, dim: int, coefficient: int):
         super().__init__()
         self.coefficient = coefficient
-        self.emb = _TimestepEmbedder(dim)
+        self.emb = TimestepEmbedder(dim)
         self.linear = nn.Linear(dim, coefficient * dim)
 
     def forward(self, timesteps: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """timesteps [B, n] -> modulation [B, n, coefficient, dim], embedding [B, n, dim]."""
         batch, count = timesteps.shape
-        features = sinusoidal_timestep_embedding(timesteps.flatten()).to(dtype)
-        embedded = self.emb.timestep_embedder(features)
+        embedded = self.emb(timesteps.flatten(), dtype)
         modulation = self.linear(F.silu(embedded))
         return (
             modulation.view(batch, count, self.coefficient, -1),

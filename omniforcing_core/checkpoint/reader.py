@@ -331,16 +331,7 @@ class Checkpoint:
 
     def config(self) -> dict[str, Any] | None:
         """The parsed ``config`` metadata JSON, or None if the files carry none."""
-        raw = self.metadata.get("config")
-        if raw is None:
-            return None
-        try:
-            parsed = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"{self.path}: metadata 'config' is not valid JSON ({error})") from None
-        if not isinstance(parsed, dict):
-            raise CheckpointError(f"{self.path}: metadata 'config' must be a JSON object")
-        return parsed
+        return self.json_metadata("config")
 
     def config_section(self, name: str) -> dict[str, Any] | None:
         """One section of the ``config`` JSON (``transformer``, ``vae``, ``audio_vae``, ``vocoder``)."""

@@ -29,10 +29,10 @@ from torch import nn
 
 from ..config import ConfigError
 from ..layout import SPATIAL_COMPRESSION, VIDEO_TIME_COMPRESSION
+from ..timestep import TimestepEmbedder
 
 CHECKPOINT_PREFIX = "vae."
 _PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-_SINUSOID_CHANNELS = 256
 _PIXEL_NORM_EPS = 1e-8
 
 # Per upsampler kind: (time, height, width) strides.
@@ -207,43 +207,30 @@ class VideoVAEConfig:
     # Presets ---------------------------------------------------------------------
 
     @classmethod
+    def _ltx2_layout(cls, res_blocks: int, **fields: Any) -> "VideoVAEConfig":
+        """Four res_x stages of ``res_blocks`` around three residual x2 upsamplers."""
+        stage = DecoderBlock.res_x(res_blocks)
+        upsample = DecoderBlock.compress_all(multiplier=2, residual=True)
+        return cls(decoder_blocks=(stage, upsample, stage, upsample, stage, upsample, stage), **fields)
+
+    @classmethod
     def ltx2_19b(cls, **overrides: Any) -> "VideoVAEConfig":
         """LTX-2 19B: four res_x groups of 5 around three residual x2 upsamplers, 1024 -> 128.
 
         No timestep conditioning: the Lightricks/LTX-2 diffusers conversion of this VAE
         loads strictly with ``timestep_conditioning`` false. A file's metadata overrides it.
         """
-        stage = DecoderBlock.res_x(5)
-        upsample = DecoderBlock.compress_all(multiplier=2, residual=True)
-        base = cls(
-            decoder_blocks=(stage, upsample, stage, upsample, stage, upsample, stage),
-            timestep_conditioning=False,
-        )
-        return replace(base, **overrides)
+        return replace(cls._ltx2_layout(5, timestep_conditioning=False), **overrides)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> "VideoVAEConfig":
         """The 19B layout with one residual block per stage and widths 64 -> 8: CPU tests."""
-        stage = DecoderBlock.res_x(1)
-        upsample = DecoderBlock.compress_all(multiplier=2, residual=True)
-        base = cls(
-            decoder_blocks=(stage, upsample, stage, upsample, stage, upsample, stage),
-            timestep_conditioning=False,
-            decoder_base_channels=8,
-        )
-        return replace(base, **overrides)
+        return replace(cls._ltx2_layout(1, timestep_conditioning=False, decoder_base_channels=8), **overrides)
 
     @classmethod
     def mid(cls, **overrides: Any) -> "VideoVAEConfig":
         """The 19B layout with two residual blocks per stage and widths 256 -> 32: CPU benchmarks."""
-        stage = DecoderBlock.res_x(2)
-        upsample = DecoderBlock.compress_all(multiplier=2, residual=True)
-        base = cls(
-            decoder_blocks=(stage, upsample, stage, upsample, stage, upsample, stage),
-            timestep_conditioning=False,
-            decoder_base_channels=32,
-        )
-        return replace(base, **overrides)
+        return replace(cls._ltx2_layout(2, timestep_conditioning=False, decoder_base_channels=32), **overrides)
 
     # Checkpoint metadata (the ``vae`` section of ``__metadata__["config"]``) -------
 
@@ -424,35 +411,6 @@ def unpatchify(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     b, c, f, h, w = x.shape
     x = x.reshape(b, c // (patch_size * patch_size), patch_size, patch_size, f, h, w)
     return x.permute(0, 1, 4, 5, 3, 6, 2).reshape(b, -1, f, h * patch_size, w * patch_size)
-
-
-def sinusoidal_timestep(timestep: torch.Tensor, channels: int = _SINUSOID_CHANNELS) -> torch.Tensor:
-    """[N] -> [N, channels]: cosines then sines at frequencies 10000^(-i/half)."""
-    half = channels // 2
-    exponent = -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=timestep.device) / half
-    angles = timestep.float()[:, None] * torch.exp(exponent)[None, :]
-    return torch.cat((torch.cos(angles), torch.sin(angles)), dim=-1)
-
-
-class TimestepMLP(nn.Module):
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.linear_1 = nn.Linear(in_features, out_features)
-        self.linear_2 = nn.Linear(out_features, out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
-
-
-class TimestepEmbedder(nn.Module):
-    """Sinusoid + MLP; the checkpoint nests the MLP as ``timestep_embedder``."""
-
-    def __init__(self, embedding_dim: int) -> None:
-        super().__init__()
-        self.timestep_embedder = TimestepMLP(_SINUSOID_CHANNELS, embedding_dim)
-
-    def forward(self, timestep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return self.timestep_embedder(sinusoidal_timestep(timestep).to(dtype))
 
 
 class TemporalConv3d(nn.Module):
