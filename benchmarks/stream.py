@@ -139,6 +139,20 @@ def recompute_time(model, layout, block_index, grid_hw, sigmas, text, device, dt
     return elapsed
 
 
+def overlap_lever(sampler, decoder, text, blocks, height, width, seed, device) -> dict:
+    """FPS of the same stream with decode inline and overlapped with the next block's generation."""
+    fps = {}
+    for name, overlap in (("inline", False), ("overlapped", True)):
+        start = time.perf_counter()
+        frames = 0
+        for block in sampler.stream(text, blocks, height, width, seed=seed, decoder=decoder, overlap_decode=overlap):
+            frames += block.decoded.frames.shape[0]
+        device_sync(device)
+        fps[name] = frames / (time.perf_counter() - start)
+    return {"inline_fps": round(fps["inline"], 3), "overlapped_fps": round(fps["overlapped"], 3),
+            "ratio": round(fps["overlapped"] / fps["inline"], 3)}
+
+
 def run(args: argparse.Namespace) -> dict:
     make_config, decoder_preset, default_height, default_width = PRESETS[args.preset]
     height, width = args.height or default_height, args.width or default_width
@@ -231,6 +245,9 @@ def run(args: argparse.Namespace) -> dict:
     if args.blocks >= 60:
         early, late = median(totals[5:11]), median(totals[50:61])
         result["flatness"] = {"blocks_5_10_median_s": early, "blocks_50_60_median_s": late, "ratio": round(late / early, 4)}
+    if args.overlap_blocks and decoder is not None:
+        result["levers"] = {"decode_overlap": overlap_lever(
+            sampler, decoder, text, args.overlap_blocks, height, width, args.seed, device)}
     if args.recompute_at is not None and args.recompute_at < args.blocks:
         recompute_s = recompute_time(model, layout, args.recompute_at, grid_hw, sigmas, text, device, dtype)
         cached_s = denoise_s[args.recompute_at]
@@ -252,6 +269,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--recompute-at", type=int, help="measure recompute_ratio at this block")
     parser.add_argument("--warmup", type=int, default=2, help="blocks streamed before timing")
     parser.add_argument("--no-decode", dest="decode", action="store_false", help="time the transformer alone")
+    parser.add_argument("--overlap-blocks", type=int, default=0,
+                        help="also stream this many blocks with decode inline and overlapped, and compare")
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)

@@ -84,7 +84,8 @@ class OmniForcingStreamingSampler:
         preview = decode == "fast preview"
         decoder = pipeline.decoder(video_lookahead_latents=settings.decode_lookahead, preview=preview, seed=seed)
         # Everything is checked here, before the model moves or the cache is allocated.
-        stream = sampler.stream(text, seconds, height, width, seed=seed, prompt_schedule=switches, decoder=decoder)
+        stream = sampler.stream(text, seconds, height, width, seed=seed, prompt_schedule=switches, decoder=decoder,
+                                overlap_decode=True)
         b.ready(model.handle, sampler.memory_estimate(seconds, height, width))
         live = LivePreview(b, unique_id, b.prompt_id(), layout.num_blocks(seconds), width, height, seconds,
                            decoder.sample_rate)

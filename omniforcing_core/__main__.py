@@ -64,7 +64,8 @@ def stream_command(args: argparse.Namespace) -> None:
     frames_total = 0
     try:
         previous = start
-        for block in sampler.stream(text, args.seconds, args.height, args.width, seed=args.seed, decoder=decoder):
+        for block in sampler.stream(text, args.seconds, args.height, args.width, seed=args.seed, decoder=decoder,
+                                    overlap_decode=args.overlap):
             writer.write(block.decoded.frames, block.decoded.waveform)
             now = time.perf_counter()
             frames_total += block.decoded.frames.shape[0]
@@ -110,6 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     stream.add_argument("--layout", choices=("released", "paper"), help="override the detected block layout")
     stream.add_argument("--video-lookahead", type=int, default=0, help="latents held back for an exact video decode")
     stream.add_argument("--preview", action="store_true", help="fast latent->RGB frames instead of the VAE decode")
+    stream.add_argument("--no-overlap", dest="overlap", action="store_false",
+                        help="decode each block before generating the next (default: overlap them)")
     stream.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     stream.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute dtype")
     stream.add_argument("--fp8", action="store_true", help="store the transformer's block weights in fp8")

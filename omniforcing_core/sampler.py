@@ -8,6 +8,9 @@ per block with the released four-step list; no classifier-free guidance.
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -150,11 +153,15 @@ class StreamingSampler:
         noise: NoiseFn | None = None,
         batch_size: int = 1,
         decoder: AVStreamDecoder | None = None,
+        overlap_decode: bool = False,
     ) -> Iterator[StreamBlock]:
         """Yield blocks as they finish. ``num_seconds`` None streams until the caller stops.
 
         With a ``decoder`` each block also carries its decoded frames and waveform; the
-        last block of a finite stream ends the decode (nothing stays held back).
+        last block of a finite stream ends the decode (nothing stays held back). With
+        ``overlap_decode`` the next block is generated on a worker thread (its own CUDA
+        stream on a GPU) while this one decodes: each block arrives as soon as before,
+        and the stream's pace becomes the slower of the two instead of their sum.
 
         Every argument is checked before anything is allocated; the cache is freed when
         the stream ends, is closed, or is interrupted.
@@ -171,9 +178,15 @@ class StreamingSampler:
                 raise LayoutError(f"prompt switch at block {switch.block} is past the stream's last block {num_blocks - 1}")
         if decoder is not None and batch_size != 1:
             raise StreamSettingsError(f"streaming decode takes one stream at a time (batch 1), got a batch of {batch_size}")
-        return self._run(text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size, decoder)
 
-    def _run(self, text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size, decoder) -> Iterator[StreamBlock]:
+        def generate() -> Iterator[StreamBlock]:
+            return self._generate(text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size)
+
+        if decoder is None:
+            return generate()
+        return _decoded(_generated_ahead(generate) if overlap_decode else generate(), decoder, num_blocks)
+
+    def _generate(self, text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size) -> Iterator[StreamBlock]:
         param = next(self.model.parameters())
         device, dtype = param.device, param.dtype
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -185,8 +198,6 @@ class StreamingSampler:
             with torch.no_grad():
                 self.cache.text = self.model.encode_text(text)
             prompts = _PromptTimeline(text, schedule)
-            if decoder is not None:
-                decoder.reset()
             index = 0
             while num_blocks is None or index < num_blocks:
                 span = self.layout.block(index)
@@ -194,11 +205,7 @@ class StreamingSampler:
                 if switched is not None:
                     with torch.no_grad():
                         self.cache.text = self.model.encode_text(switched)
-                block = self._generate_block(span, draw, generator)
-                if decoder is not None:
-                    final = num_blocks is not None and index == num_blocks - 1
-                    block = StreamBlock(span, block.video, block.audio, decoder.push(span, block.video, block.audio, final=final))
-                yield block
+                yield self._generate_block(span, draw, generator)
                 index += 1
         finally:
             self.cache.release()
@@ -237,6 +244,81 @@ class StreamingSampler:
             context_audio = _renoise(audio_x0, audio_noise, context_sigma)
         self.model.forward_block(context_video, context_audio, context_sigma, block, cache.text)
         return StreamBlock(span, video_x0, audio_x0)
+
+
+def _decoded(blocks: Iterator[StreamBlock], decoder: AVStreamDecoder, num_blocks: int | None) -> Iterator[StreamBlock]:
+    decoder.reset()
+    try:
+        for block in blocks:
+            final = num_blocks is not None and block.index == num_blocks - 1
+            decoded = decoder.push(block.span, block.video, block.audio, final=final)
+            yield StreamBlock(block.span, block.video, block.audio, decoded)
+    finally:
+        blocks.close()
+
+
+_DONE = object()
+
+
+def _generated_ahead(generate: Callable[[], Iterator[StreamBlock]]) -> Iterator[StreamBlock]:
+    """Run ``generate()`` on a worker thread at most one block ahead of the consumer.
+
+    On a GPU the worker works on its own CUDA stream and hands each block over with an
+    event, so the consumer's decode kernels overlap the next block's transformer kernels.
+    Closing this generator stops the worker and closes ``generate()`` (freeing its cache).
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    cuda = torch.cuda.is_available()
+
+    def hand_over(item) -> None:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        side_stream = torch.cuda.Stream() if cuda else None
+        blocks = generate()
+        try:
+            with torch.cuda.stream(side_stream) if cuda else contextlib.nullcontext():
+                for block in blocks:
+                    ready = None
+                    if cuda:
+                        ready = torch.cuda.Event()
+                        ready.record(side_stream)
+                    hand_over((block, ready))
+                    if stop.is_set():
+                        return
+            hand_over(_DONE)
+        except BaseException as error:  # handed to the consumer, who raises it
+            hand_over(error)
+        finally:
+            blocks.close()
+
+    worker = threading.Thread(target=produce, name="omniforcing-generate", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            block, ready = item
+            if ready is not None:
+                consumer = torch.cuda.current_stream()
+                consumer.wait_event(ready)
+                block.video.record_stream(consumer)
+                block.audio.record_stream(consumer)
+            yield block
+    finally:
+        stop.set()
+        while not handoff.empty():
+            handoff.get_nowait()
+        worker.join()
 
 
 def _x0(x: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -7,7 +7,7 @@ from benchmarks.stream import main
 
 def test_tiny_benchmark_reports_every_field(capsys):
     main(["--preset", "tiny", "--blocks", "4", "--warmup", "1", "--recompute-at", "3", "--window", "2",
-          "--device", "cpu", "--threads", "1"])
+          "--device", "cpu", "--threads", "1", "--overlap-blocks", "2"])
     result = json.loads(capsys.readouterr().out)
     for field in ("ttfc_s", "block_s", "fps", "realtime_factor", "cache_bytes", "peak_mem_bytes",
                   "recompute_ratio", "host_syncs", "warmup_s", "decode_fraction"):
@@ -20,6 +20,8 @@ def test_tiny_benchmark_reports_every_field(capsys):
     assert result["peak_mem_bytes"]["host"] > result["cache_bytes"][0]
     assert result["recompute_ratio"] > 0 and result["recompute"]["block"] == 3
     assert result["passes_per_block"] == 5
+    lever = result["levers"]["decode_overlap"]
+    assert lever["inline_fps"] > 0 and lever["overlapped_fps"] > 0 and lever["ratio"] > 0
 
 
 def test_sync_counter_sees_host_reads():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from helpers import random_decoders, random_model, random_text
-from omniforcing_core import BlockLayout, StreamingSampler, StreamSettingsError
+from omniforcing_core import BlockLayout, StreamingSampler, StreamSettings, StreamSettingsError
 from omniforcing_core.decoders.audio_stream import decode_audio_clip
 from omniforcing_core.decoders.av_stream import AVStreamDecoder
 from omniforcing_core.decoders.latent_preview import LatentPreview
@@ -52,3 +52,46 @@ def test_streaming_decode_takes_one_stream_at_a_time(decoders):
     sampler = StreamingSampler(model, BlockLayout.released())
     with pytest.raises(StreamSettingsError, match="batch 1"):
         sampler.stream(random_text(model.config, batch=2), 1, 64, 96, batch_size=2, decoder=AVStreamDecoder(*decoders))
+
+
+def test_overlapped_decode_gives_the_same_blocks(decoders):
+    model = random_model()
+    text = random_text(model.config)
+    sampler = StreamingSampler(model, BlockLayout.released())
+    inline = list(sampler.stream(text, 3, 64, 96, decoder=AVStreamDecoder(*decoders)))
+    overlapped = list(sampler.stream(text, 3, 64, 96, decoder=AVStreamDecoder(*decoders), overlap_decode=True))
+    assert [b.index for b in overlapped] == [0, 1, 2]
+    for a, b in zip(inline, overlapped):
+        assert torch.equal(a.video, b.video) and torch.equal(a.audio, b.audio)
+        assert torch.equal(a.decoded.frames, b.decoded.frames)
+        assert torch.equal(a.decoded.waveform, b.decoded.waveform)
+
+
+def test_closing_an_overlapped_stream_stops_the_worker_and_frees_the_cache(decoders):
+    import threading
+
+    model = random_model()
+    sampler = StreamingSampler(model, BlockLayout.released(), StreamSettings(window_blocks=2))
+    stream = sampler.stream(random_text(model.config), None, 64, 96, decoder=AVStreamDecoder(*decoders),
+                            overlap_decode=True)
+    assert next(stream).index == 0 and next(stream).index == 1
+    stream.close()
+    assert sampler.cache is None
+    assert not any(t.name == "omniforcing-generate" for t in threading.enumerate())
+
+
+def test_an_error_while_generating_reaches_the_consumer(decoders):
+    model = random_model()
+    sampler = StreamingSampler(model, BlockLayout.released())
+
+    def failing_noise(span, step):
+        if span.index == 1:
+            raise RuntimeError("noise source broke at block 1")
+        return torch.randn(1, 128, span.video_frames, 2, 3), torch.randn(1, span.audio_frames, 128)
+
+    stream = sampler.stream(random_text(model.config), 3, 64, 96, noise=failing_noise,
+                            decoder=AVStreamDecoder(*decoders), overlap_decode=True)
+    assert next(stream).index == 0
+    with pytest.raises(RuntimeError, match="noise source broke at block 1"):
+        next(stream)
+    assert sampler.cache is None
