@@ -81,10 +81,10 @@ class LivePreview:
             "samples": waveform.shape[1], "block_s": round(block_s, 4),
         }
         self.blocks_done += 1
-        # The progress hook checks for interrupts, so it runs here, on the node's thread.
+        self._writer.submit(self._publish, frames, names, waveform, audio_name, payload)
+        # The progress hook may raise an interrupt: only after the block is counted and queued.
         last = preview_image(frames[-1]) if frames.shape[0] else None
         self.bridge.progress(self.node_id, self.blocks_done, self.total_blocks or self.blocks_done, preview=last)
-        self._writer.submit(self._publish, frames, names, waveform, audio_name, payload)
 
     def _publish(self, frames, names, waveform, audio_name, payload) -> None:
         for frame, name in zip(frames, names):

@@ -38,6 +38,8 @@ class OmniForcingModelLoader:
     )
     CATEGORY = "OmniForcing"
     FUNCTION = "load"
+    # Resend the detected-model text on runs where the cached loader does not execute.
+    HAS_INTERMEDIATE_OUTPUT = True
     RETURN_TYPES = ("OMNIFORCING_MODEL",)
     RETURN_NAMES = ("model",)
 
