@@ -77,6 +77,7 @@ class LivePreview:
         audio_name = f"b{index:05d}.wav"
         payload = {
             **self.header, "index": index, "blocks": self.total_blocks, "time": list(block.time_span),
+            "fps": VIDEO_FPS, "sample_rate": self.sample_rate,
             "frames": [_file(self.subfolder, name) for name in names], "audio": _file(self.subfolder, audio_name),
             "samples": waveform.shape[1], "block_s": round(block_s, 4),
         }
@@ -92,10 +93,12 @@ class LivePreview:
         write_wav(self.folder / audio_name, waveform, self.sample_rate)
         self.bridge.send(events.BLOCK, payload)
 
-    def end(self, interrupted: bool) -> None:
+    def end(self, interrupted: bool = False, error: str | None = None) -> None:
         """Wait for the files of every announced block, then close the stream in the UI."""
         self._writer.shutdown(wait=True)
-        self.bridge.send(events.END, {**self.header, "blocks_done": self.blocks_done, "interrupted": interrupted})
+        self.bridge.send(events.END, {
+            **self.header, "blocks_done": self.blocks_done, "interrupted": interrupted, "error": error,
+        })
 
     def final_ui(self, waveform: torch.Tensor) -> dict:
         """The node's UI output: the whole stream again, for replay after the run."""

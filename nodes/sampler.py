@@ -97,12 +97,14 @@ class OmniForcingStreamingSampler:
                 live.block(block, block.decoded.frames, block.decoded.waveform, time.perf_counter() - started)
                 b.check_interrupt()
                 started = time.perf_counter()
-        except BaseException:
+        except BaseException as stopped:
             stream.close()  # frees the KV cache at once
-            live.end(interrupted=True)
+            # ComfyUI's interrupt is a BaseException; anything else is a failure to report.
+            failed = isinstance(stopped, Exception)
+            live.end(interrupted=not failed, error=f"{type(stopped).__name__}: {stopped}" if failed else None)
             b.release_memory()
             raise
-        live.end(interrupted=False)
+        live.end()
         if preview:
             final = pipeline.decoder(video_lookahead_latents=settings.decode_lookahead, seed=seed)
             decoded = [final.push(block.span, block.video, block.audio, final=block is blocks[-1]) for block in blocks]

@@ -401,7 +401,8 @@ def check_stream(comfy, run: Run, ids: dict[str, str], seconds: int) -> dict:
         for file in [*block["frames"], block["audio"]]:
             assert (comfy.base / "temp" / file["subfolder"] / file["filename"]).is_file()
     (end,) = run.data("omniforcing.end")
-    assert end == {"node": sampler_id, "prompt_id": run.prompt_id, "blocks_done": len(blocks), "interrupted": False}
+    assert end == {"node": sampler_id, "prompt_id": run.prompt_id, "blocks_done": len(blocks), "interrupted": False,
+                   "error": None}
     # The order on the wire: start, the blocks, end.
     custom = [message["type"] for message in run.messages if message["type"].startswith("omniforcing.")]
     assert custom == ["omniforcing.start", *["omniforcing.block"] * len(blocks), "omniforcing.end"]

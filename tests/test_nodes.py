@@ -170,7 +170,8 @@ def test_sampler_streams_images_audio_and_latent(bridge):
     assert [first["index"], second["index"]] == [0, 1]
     assert len(first["frames"]) == 25 and len(second["frames"]) == 24
     assert [first["samples"], second["samples"]] == [24240, 24000]
-    assert end == {"node": "7", "prompt_id": None, "blocks_done": 2, "interrupted": False}
+    assert end == {"node": "7", "prompt_id": None, "blocks_done": 2, "interrupted": False, "error": None}
+    assert (first["fps"], first["sample_rate"]) == (24, 24000)
     folder = bridge.temp_dir() / first["audio"]["subfolder"]
     assert (folder / first["audio"]["filename"]).stat().st_size == 44 + 24240 * 2 * 2  # 16-bit stereo WAV
     assert all((folder / f["filename"]).exists() for f in first["frames"] + second["frames"])
@@ -196,11 +197,21 @@ def test_interrupt_frees_the_stream_and_the_next_run_works(bridge):
         run_sampler(model, seconds=4)
     assert bridge.event_names() == [events.START, events.BLOCK, events.END]
     assert bridge.events[-1][1]["interrupted"] is True and bridge.events[-1][1]["blocks_done"] == 1
+    assert bridge.events[-1][1]["error"] is None
     assert bridge.releases == 1
     bridge.interrupt_after_blocks = None
     bridge.events.clear()
     images = run_sampler(model, seconds=2)["result"][0]
     assert images.shape[0] == 49 and bridge.event_names()[-1] == events.END
+
+
+def test_a_failure_mid_stream_is_reported_as_an_error(bridge, monkeypatch):
+    model, _ = load_tiny()
+    monkeypatch.setattr(bridge, "check_interrupt", lambda: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_sampler(model, seconds=3)
+    end = bridge.events[-1][1]
+    assert end["interrupted"] is False and end["error"] == "RuntimeError: disk full" and end["blocks_done"] == 1
 
 
 def test_prompt_schedule_switches_from_its_second(bridge):
