@@ -1,16 +1,17 @@
 import pytest
 import torch
 
-from helpers import random_decoders, random_model, random_text
+from helpers import random_model, random_text
 from omniforcing_core import BlockLayout, StreamingSampler, StreamSettings, StreamSettingsError
 from omniforcing_core.decoders.audio_stream import decode_audio_clip
 from omniforcing_core.decoders.av_stream import AVStreamDecoder
 from omniforcing_core.decoders.latent_preview import LatentPreview
+from omniforcing_core.demo import tiny_decoders
 
 
 @pytest.fixture(scope="module")
 def decoders():
-    return random_decoders()
+    return tiny_decoders()
 
 
 def test_each_block_arrives_as_frames_and_sound(decoders):
