@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 import torch
 
 from .conditioning import TextConditioning, load_text_conditioning
@@ -19,6 +20,15 @@ from .media import Mp4StreamWriter
 from .pipeline import StreamPipeline
 from .sampler import StreamSettings
 from .schedule import PRESETS, parse_sigma_list, preset_sigmas
+
+
+def _free_path(path: Path) -> Path:
+    """``path``, or ``name_2.mp4``, ``name_3.mp4``... beside it: earlier outputs are kept."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}_{number}{path.suffix}")
+    return candidate
 
 
 def _schedule(text: str) -> tuple[float, ...]:
@@ -59,7 +69,7 @@ def stream_command(args: argparse.Namespace) -> None:
     decoder = pipeline.decoder(video_lookahead_latents=args.video_lookahead, preview=args.preview, seed=args.seed)
     sampler = pipeline.sampler(settings)
     blocks_total = pipeline.layout.num_blocks(args.seconds)
-    writer = Mp4StreamWriter(args.out, overwrite=args.overwrite)
+    writer = Mp4StreamWriter(args.out if args.overwrite else _free_path(Path(args.out)), overwrite=args.overwrite)
     start = time.perf_counter()
     frames_total = 0
     try:
@@ -117,7 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     stream.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute dtype")
     stream.add_argument("--fp8", action="store_true", help="store the transformer's block weights in fp8")
     stream.add_argument("--out", default="out/stream.mp4")
-    stream.add_argument("--overwrite", action="store_true")
+    stream.add_argument("--overwrite", action="store_true", help="replace --out (default: write name_2.mp4 beside it)")
     stream.set_defaults(run=stream_command)
 
     tiny = commands.add_parser("write-tiny-checkpoints", help="write tiny random checkpoints in the real layouts")

@@ -9,7 +9,7 @@ from omniforcing_core.conditioning import (
     load_text_conditioning,
     save_text_conditioning,
 )
-from omniforcing_core.media import MediaError
+from omniforcing_core.media import MediaError, Mp4StreamWriter
 
 av = pytest.importorskip("av")
 
@@ -54,9 +54,11 @@ def test_real_layout_files_stream_with_a_saved_prompt(tmp_path, capsys):
 def test_existing_output_is_never_overwritten(tmp_path):
     out = tmp_path / "mine.mp4"
     out.write_bytes(b"the user's video")
-    with pytest.raises(MediaError, match="already exists"):
-        main(["stream", "--seconds", "1", "--height", "64", "--width", "96", "--device", "cpu", "--out", str(out)])
+    main(["stream", "--seconds", "1", "--height", "64", "--width", "96", "--device", "cpu", "--out", str(out)])
     assert out.read_bytes() == b"the user's video"
+    assert probe(tmp_path / "mine_2.mp4")[0] == 25
+    with pytest.raises(MediaError, match="already exists"):
+        Mp4StreamWriter(out)
 
 
 def test_a_real_model_needs_its_base_file(tmp_path):
