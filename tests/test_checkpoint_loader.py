@@ -15,7 +15,7 @@ from omniforcing_core import AVTransformer, BlockLayout, ModelConfig, TextCondit
 from omniforcing_core.checkpoint import CheckpointError, FP8Linear, load_model, open_checkpoint, save_checkpoint
 from omniforcing_core.checkpoint.detect import detect_config
 from omniforcing_core.checkpoint.keys import expected_tensors
-from test_checkpoint_support import no_data_reads, outputs, relative_error, rounded_like_file, tiny  # noqa: F401
+from checkpoint_support import no_data_reads, outputs, relative_error, rounded_like_file, tiny  # noqa: F401
 
 PREFIXES = ["model.", "model.velocity_model.", "model.diffusion_model."]
 SINKS = 3

@@ -14,7 +14,7 @@ from helpers import random_model
 from omniforcing_core.checkpoint import (
     CheckpointError, load_model, load_module_weights, open_checkpoint, save_checkpoint,
 )
-from test_checkpoint_support import no_data_reads, rewrite_header, tiny, write_raw_safetensors  # noqa: F401
+from checkpoint_support import no_data_reads, rewrite_header, tiny, write_raw_safetensors  # noqa: F401
 
 TENSORS = {
     "vae.decoder.conv.weight": torch.arange(24, dtype=torch.float32).reshape(2, 3, 4) / 7,

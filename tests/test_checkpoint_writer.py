@@ -11,7 +11,7 @@ from safetensors import safe_open
 from helpers import random_model
 from omniforcing_core.checkpoint import CheckpointError, load_model, open_checkpoint, save_checkpoint
 from omniforcing_core.checkpoint import writer as writer_module
-from test_checkpoint_support import relative_error, tiny
+from checkpoint_support import relative_error, tiny
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from omniforcing_core.checkpoint import (
 )
 from omniforcing_core.decoders.video_vae import VideoVAE, VideoVAEConfig
 from test_audio_decoder import random_audio_vae, random_vocoder
-from test_checkpoint_support import no_data_reads  # noqa: F401
+from checkpoint_support import no_data_reads  # noqa: F401
 from test_video_decoder import GRID, random_vae
 
 BASE_NAME = "ltx-2-19b-dev.safetensors"
