@@ -15,7 +15,9 @@ names. Each template is converted to an API prompt (``ui_to_api``), its LTX-2 te
 (Gemma 3 12B, impossible here) is swapped for ``OmniForcingTestContext``, the stream is shrunk
 for the CPU, and the prompt goes through ``POST /prompt`` with a websocket listening the way
 the web UI does. The websocket client is a small stdlib one, so the test needs nothing beyond
-the pack's test requirements.
+the pack's test requirements. One test also sends the sampler's LATENT through ComfyUI's own
+LTX-2 nodes (LTXVSeparateAVLatent, LTXVAudioVAELoader, LTXVAudioVAEDecode) and compares the
+native audio decode with the pack's decoders (``OmniForcingTestProbe`` reports the tensors).
 """
 
 from __future__ import annotations
@@ -549,3 +551,132 @@ def test_interrupt_stops_the_stream_and_the_next_run_succeeds(comfy, record_prop
     numbers = check_stream(comfy, comfy.run(again), ids, seconds=2)
     record_property("interrupt", {"blocks_announced": len(announced), "blocks_done": end["blocks_done"],
                                   "interrupted_after_s": round(interrupted_after_s, 2), "next_run": numbers})
+
+
+def read_probe(comfy, run: Run, probe_id: str) -> tuple[dict, dict]:
+    """What OmniForcingTestProbe saw: (its description of the inputs, the tensors by name)."""
+    from safetensors.torch import load_file
+
+    (probe,) = executed_outputs(run)[probe_id]["probe"]
+    return probe["inputs"], load_file(comfy.base / "output" / probe["file"])
+
+
+def read_flac(path: Path):
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        rate, codec = stream.codec_context.sample_rate, stream.codec_context.name
+        channels = stream.codec_context.channels
+        frames = []
+        for frame in container.decode(audio=0):
+            data = frame.to_ndarray()  # planar: [channels, n]; packed: [1, n * channels], interleaved
+            frames.append(data if frame.format.is_planar else data.reshape(-1, channels).T)
+    waveform = np.concatenate(frames, axis=-1)
+    if waveform.dtype.kind == "i":  # FLAC holds integers (s16 here)
+        waveform = waveform / float(np.iinfo(waveform.dtype).max + 1)
+    return codec, rate, waveform
+
+
+def test_sampler_latent_decodes_with_the_native_ltx2_nodes(comfy, record_property):
+    """The sampler's LATENT output (ComfyUI's LTX-2 audio+video layout, a NestedTensor) goes
+    through ComfyUI's own nodes: LTXVSeparateAVLatent splits it, LTXVAudioVAELoader loads the
+    audio VAE + vocoder of the base checkpoint (the file the pack's loader reads too) and
+    LTXVAudioVAEDecode decodes the audio latent; SaveAudio writes it. The native decode must
+    agree with the pack's own decoders: exactly (to float rounding) with a whole-clip decode of
+    the same latent, and with the sampler's streamed AUDIO everywhere except around the block
+    seam, where the stream (lookahead 0) extrapolates the next block and crossfades."""
+    import numpy as np
+    import torch
+
+    from omniforcing_core import load_decoders
+    from omniforcing_core.decoders.audio_stream import (
+        DEFAULT_CROSSFADE_SAMPLES,
+        decode_audio_clip,
+    )
+
+    seconds = 2
+    prompt, ids = cpu_prompt(comfy, "omniforcing_t2av_5s", seconds=seconds, seed=8)
+    sampler = ids["OmniForcingStreamingSampler"]
+    assert comfy.object_info[prompt[sampler]["class_type"]]["output"][3] == "LATENT"
+    for name in ("LTXVSeparateAVLatent", "LTXVAudioVAELoader", "LTXVAudioVAEDecode", "SaveAudio"):
+        assert name in comfy.object_info, f"{name} is not served by this ComfyUI"
+    ckpt_name = comfy.object_info["LTXVAudioVAELoader"]["input"]["required"]["ckpt_name"]  # a V3 combo
+    assert BASE_FILE in (ckpt_name[1]["options"] if ckpt_name[0] == "COMBO" else ckpt_name[0]), ckpt_name
+    separate, loader, decode, save, probe = "901", "902", "903", "904", "905"
+    assert not {separate, loader, decode, save, probe} & set(prompt)
+    prompt.update({
+        separate: {"class_type": "LTXVSeparateAVLatent", "inputs": {"av_latent": [sampler, 3]}},
+        loader: {"class_type": "LTXVAudioVAELoader", "inputs": {"ckpt_name": BASE_FILE}},
+        decode: {"class_type": "LTXVAudioVAEDecode", "inputs": {"samples": [separate, 1], "audio_vae": [loader, 0]}},
+        save: {"class_type": "SaveAudio", "inputs": {"audio": [decode, 0], "filename_prefix": "audio/native_ltx2"}},
+        probe: {"class_type": "OmniForcingTestProbe", "inputs": {
+            "label": "native_ltx2", "av_latent": [sampler, 3], "video_latent": [separate, 0],
+            "audio_latent": [separate, 1], "native_audio": [decode, 0], "sampler_audio": [sampler, 1]}},
+    })
+    started = time.monotonic()
+    run = comfy.run(prompt)
+    wall_s = time.monotonic() - started
+    assert run.outcome == "execution_success", run.data("execution_error")
+
+    blocks = expected_blocks(seconds)
+    frames, latents = blocks[-1].video_end, blocks[-1].audio_end  # 7 video, 51 audio latents for 2 s
+    video_shape, audio_shape = [1, 128, frames, HEIGHT // 32, WIDTH // 32], [1, 8, latents, 16]
+    samples = 240 * (4 * latents - 3)
+    assert samples == blocks[-1].audio_samples[1]
+
+    # The LATENT as the sampler gives it, and LTXVSeparateAVLatent's two halves.
+    described, tensors = read_probe(comfy, run, probe)
+    assert described["av_latent"]["keys"] == ["samples"]
+    assert described["av_latent"]["samples"] == {"nested": True, "type": "NestedTensor",
+                                                 "shapes": [video_shape, audio_shape]}
+    assert described["video_latent"]["samples"] == {"nested": False, "shape": video_shape, "dtype": "torch.float32"}
+    assert described["audio_latent"]["samples"] == {"nested": False, "shape": audio_shape, "dtype": "torch.float32"}
+    assert torch.equal(tensors["video_latent.samples"], tensors["av_latent.samples.0"])
+    assert torch.equal(tensors["audio_latent.samples"], tensors["av_latent.samples.1"])
+    audio_latent = tensors["audio_latent.samples"]
+    assert audio_latent.abs().max() > 0.1  # a real latent, not zeros
+
+    # The native decode: 24 kHz stereo, 240 samples per mel frame, 4T - 3 mel frames.
+    assert described["native_audio"]["sample_rate"] == 24000
+    assert described["native_audio"]["waveform"]["shape"] == [1, 2, samples]
+    assert described["sampler_audio"]["sample_rate"] == 24000
+    assert described["sampler_audio"]["waveform"]["shape"] == [1, 2, samples]
+    native, streamed = tensors["native_audio.waveform"][0], tensors["sampler_audio.waveform"][0]
+    assert native.abs().max() > 1e-2  # not silence
+
+    # Our decoders on the same latent, read from the same base file, decoding the whole clip.
+    decoders = load_decoders(comfy.base / "models" / "checkpoints" / BASE_FILE)
+    ours = decode_audio_clip(decoders.audio_vae, decoders.vocoder, audio_latent).waveform[0]
+    assert ours.shape == native.shape
+    whole_clip_diff = float((native - ours).abs().max())
+    assert whole_clip_diff < 1e-4, whole_clip_diff
+
+    # The streamed AUDIO: exact but for the samples whose vocoder window reaches past a block's
+    # end (the last `right` mel frames) and the crossfade after the seam.
+    right = decoders.vocoder.config.receptive_field_frames[1]
+    seams = np.zeros(samples, dtype=bool)
+    for block in blocks[:-1]:
+        seam = block.audio_samples[1]
+        seams[seam - right * 240:seam + DEFAULT_CROSSFADE_SAMPLES] = True
+    difference = (native - streamed).abs().amax(dim=0).numpy()
+    stream_exact_diff, stream_seam_diff = float(difference[~seams].max()), float(difference[seams].max())
+    assert stream_exact_diff < 1e-4, stream_exact_diff
+    assert stream_seam_diff < 2.0  # both in [-1, 1]; recorded for the report
+
+    # SaveAudio's file holds the native decode.
+    (entry,) = executed_outputs(run)[save]["audio"]
+    codec, rate, saved = read_flac(comfy.base / "output" / entry["subfolder"] / entry["filename"])
+    assert (codec, rate, saved.shape) == ("flac", 24000, (2, samples)), (codec, rate, saved.shape)
+    flac_diff = float(np.abs(saved - native.numpy()).max())
+    assert flac_diff < 1e-3, flac_diff  # 16-bit quantization
+
+    record_property("native_ltx2", {
+        "video_latent": video_shape, "audio_latent": audio_shape, "samples": samples,
+        "max_diff_native_vs_our_whole_clip": whole_clip_diff,
+        "max_diff_native_vs_stream_outside_seams": stream_exact_diff,
+        "max_diff_native_vs_stream_at_seams": stream_seam_diff,
+        "seam_samples": int(seams.sum()), "max_diff_flac_vs_native": flac_diff,
+        "native_peak": float(native.abs().max()), "wall_s": round(wall_s, 2),
+    })

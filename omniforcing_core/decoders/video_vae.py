@@ -127,7 +127,7 @@ class DecoderBlock:
 _CONSUMED_KEYS = frozenset({
     "dims", "norm_layer", "latent_channels", "out_channels", "decoder_blocks",
     "decoder_base_channels", "patch_size", "causal_decoder", "timestep_conditioning",
-    "decoder_spatial_padding_mode", "decode_noise_scale", "decode_timestep",
+    "decoder_spatial_padding_mode", "spatial_padding_mode", "decode_noise_scale", "decode_timestep",
 })
 _TIMESTEP_MARKER = "decoder.last_scale_shift_table"
 
@@ -298,6 +298,8 @@ class VideoVAEConfig:
             "causal_decoder": self.causal_decoder,
             "timestep_conditioning": self.timestep_conditioning,
             "decoder_spatial_padding_mode": self.spatial_padding_mode,
+            # ComfyUI's decoder reads this name for the same setting.
+            "spatial_padding_mode": self.spatial_padding_mode,
             "decode_noise_scale": self.decode_noise_scale,
             "decode_timestep": self.decode_timestep,
         }
