@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> dict:
             decoded = decoder.push(block.span, block.video, block.audio, final=block.index == args.blocks - 1)
             frames += decoded.frames.shape[0]
         else:
-            frames += block.span.pixel_frames[1] - block.span.pixel_frames[0]
+            frames += block.span.pixel_interval[1] - block.span.pixel_interval[0]
         device_sync(device)
         decode_s.append(time.perf_counter() - generated)
         cache_bytes.append(sampler.cache.nbytes)

@@ -45,18 +45,22 @@ def _at_least_zero(value):
     return value.clamp(min=0) if isinstance(value, torch.Tensor) else max(0, value)
 
 
+def latent_interval(latent_frame, compression: int):
+    """Frames [start, end) at ``compression`` frames per latent covered by a latent frame:
+    the first latent covers a single frame, every later one ``compression`` frames."""
+    start = _at_least_zero(compression * latent_frame + 1 - compression)
+    end = _at_least_zero(compression * (latent_frame + 1) + 1 - compression)
+    return start, end
+
+
 def video_pixel_interval(latent_frame):
     """Pixel frames [start, end) covered by a video latent frame."""
-    start = _at_least_zero(VIDEO_TIME_COMPRESSION * latent_frame + 1 - VIDEO_TIME_COMPRESSION)
-    end = _at_least_zero(VIDEO_TIME_COMPRESSION * (latent_frame + 1) + 1 - VIDEO_TIME_COMPRESSION)
-    return start, end
+    return latent_interval(latent_frame, VIDEO_TIME_COMPRESSION)
 
 
 def audio_mel_interval(latent_frame):
     """Mel frames [start, end) covered by an audio latent frame."""
-    start = _at_least_zero(AUDIO_TIME_COMPRESSION * latent_frame + 1 - AUDIO_TIME_COMPRESSION)
-    end = _at_least_zero(AUDIO_TIME_COMPRESSION * (latent_frame + 1) + 1 - AUDIO_TIME_COMPRESSION)
-    return start, end
+    return latent_interval(latent_frame, AUDIO_TIME_COMPRESSION)
 
 
 def video_latent_time(latent_frame):
@@ -71,15 +75,16 @@ def audio_latent_time(latent_frame):
     return (start + end) / 2 * MEL_HOP / MEL_SAMPLE_RATE
 
 
-def pixel_frames(video_latent_frames: int) -> int:
-    """Pixel frames decoded from a run of video latents starting at latent 0."""
-    return video_pixel_interval(video_latent_frames - 1)[1] if video_latent_frames > 0 else 0
+def latent_grid(height: int, width: int) -> tuple[int, int]:
+    """Latent cells (rows, columns) of a pixel resolution; one video token per cell."""
+    check_resolution(height, width)
+    return height // SPATIAL_COMPRESSION, width // SPATIAL_COMPRESSION
 
 
 def tokens_per_video_frame(height: int, width: int) -> int:
-    """Video tokens per latent frame at a pixel resolution (one token per latent cell)."""
-    check_resolution(height, width)
-    return (height // SPATIAL_COMPRESSION) * (width // SPATIAL_COMPRESSION)
+    """Video tokens per latent frame at a pixel resolution."""
+    rows, columns = latent_grid(height, width)
+    return rows * columns
 
 
 def check_resolution(height: int, width: int) -> None:
@@ -133,21 +138,31 @@ class BlockSpan:
         return self.audio_end - self.audio_start
 
     @property
-    def pixel_frames(self) -> tuple[int, int]:
+    def pixel_interval(self) -> tuple[int, int]:
         """Pixel frames [start, end) this block decodes to."""
         return video_pixel_interval(self.video_start)[0], video_pixel_interval(self.video_end - 1)[1]
 
     @property
-    def audio_samples(self) -> tuple[int, int]:
+    def sample_interval(self) -> tuple[int, int]:
         """24 kHz waveform samples [start, end) this block decodes to."""
         mel_start = audio_mel_interval(self.audio_start)[0]
         mel_end = audio_mel_interval(self.audio_end - 1)[1]
         return mel_start * SAMPLES_PER_MEL_FRAME, mel_end * SAMPLES_PER_MEL_FRAME
 
     @property
+    def pixel_count(self) -> int:
+        start, end = self.pixel_interval
+        return end - start
+
+    @property
+    def sample_count(self) -> int:
+        start, end = self.sample_interval
+        return end - start
+
+    @property
     def time_span(self) -> tuple[float, float]:
         """Seconds [start, end) of the block's pixel frames."""
-        start, end = self.pixel_frames
+        start, end = self.pixel_interval
         return start / VIDEO_FPS, end / VIDEO_FPS
 
 

@@ -242,7 +242,7 @@ def test_stream_matches_whole_clip(audio_vae, vocoder, layout_name: str, num_blo
     chunks, _ = _stream(stream, tokens, spans)
 
     # Each block yields exactly its own samples, at once.
-    assert [(c.start_sample, c.end_sample) for c in chunks] == [s.audio_samples for s in spans]
+    assert [(c.start_sample, c.end_sample) for c in chunks] == [s.sample_interval for s in spans]
     if layout_name == "released":
         assert [c.num_samples for c in chunks] == [24240] + [24000] * (num_blocks - 1)
     else:

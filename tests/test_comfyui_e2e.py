@@ -397,8 +397,8 @@ def check_stream(comfy, run: Run, ids: dict[str, str], seconds: int) -> dict:
     announced = run.data("omniforcing.block")
     assert [block["index"] for block in announced] == list(range(len(blocks)))
     for block, span in zip(announced, blocks):
-        assert len(block["frames"]) == span.pixel_frames[1] - span.pixel_frames[0]
-        assert block["samples"] == span.audio_samples[1] - span.audio_samples[0]
+        assert len(block["frames"]) == span.pixel_count
+        assert block["samples"] == span.sample_count
         assert block["time"] == [span.time_span[0], span.time_span[1]]
         for file in [*block["frames"], block["audio"]]:
             assert (comfy.base / "temp" / file["subfolder"] / file["filename"]).is_file()
@@ -422,7 +422,7 @@ def check_stream(comfy, run: Run, ids: dict[str, str], seconds: int) -> dict:
     assert len(replay["frames"]) == frames and replay["fps"] == 24
 
     media = probe_mp4(saved_video(comfy, run, ids["SaveVideo"]))
-    samples = blocks[-1].audio_samples[1]  # 24000 * seconds + 240
+    samples = blocks[-1].sample_interval[1]  # 24000 * seconds + 240
     assert (media["codec"], media["size"], media["frames"]) == ("h264", (WIDTH, HEIGHT), frames)
     assert (media["audio_codec"], media["sample_rate"], media["channels"]) == ("aac", 24000, 2)
     # AAC codes frames of 1024 samples: the last one is padded.
@@ -624,7 +624,7 @@ def test_sampler_latent_decodes_with_the_native_ltx2_nodes(comfy, record_propert
     frames, latents = blocks[-1].video_end, blocks[-1].audio_end  # 7 video, 51 audio latents for 2 s
     video_shape, audio_shape = [1, 128, frames, HEIGHT // 32, WIDTH // 32], [1, 8, latents, 16]
     samples = 240 * (4 * latents - 3)
-    assert samples == blocks[-1].audio_samples[1]
+    assert samples == blocks[-1].sample_interval[1]
 
     # The LATENT as the sampler gives it, and LTXVSeparateAVLatent's two halves.
     described, tensors = read_probe(comfy, run, probe)
@@ -658,7 +658,7 @@ def test_sampler_latent_decodes_with_the_native_ltx2_nodes(comfy, record_propert
     right = decoders.vocoder.config.receptive_field_frames[1]
     seams = np.zeros(samples, dtype=bool)
     for block in blocks[:-1]:
-        seam = block.audio_samples[1]
+        seam = block.sample_interval[1]
         seams[seam - right * 240:seam + DEFAULT_CROSSFADE_SAMPLES] = True
     difference = (native - streamed).abs().amax(dim=0).numpy()
     stream_exact_diff, stream_seam_diff = float(difference[~seams].max()), float(difference[seams].max())

@@ -44,16 +44,16 @@ def test_token_counts_at_512x768():
     assert [layout.block_tokens(k, 512, 768) for k in range(1, 5)] == [(1152, 25)] * 4
 
 
-def test_pixel_frames_and_samples_per_block():
+def test_pixel_and_sample_intervals_per_block():
     released = BlockLayout.released()
-    assert released.block(0).pixel_frames == (0, 25)
-    assert released.block(1).pixel_frames == (25, 49)
-    assert released.block(0).audio_samples == (0, 24240)
-    assert released.block(1).audio_samples == (24240, 48240)
+    assert released.block(0).pixel_interval == (0, 25)
+    assert released.block(1).pixel_interval == (25, 49)
+    assert released.block(0).sample_interval == (0, 24240)
+    assert released.block(1).sample_interval == (24240, 48240)
     paper = BlockLayout.paper()
-    assert paper.block(0).pixel_frames == (0, 1)
-    assert paper.block(0).audio_samples == (0, 240)
-    assert paper.block(1).pixel_frames == (1, 25)
+    assert paper.block(0).pixel_interval == (0, 1)
+    assert paper.block(0).sample_interval == (0, 240)
+    assert paper.block(1).pixel_interval == (1, 25)
 
 
 def test_physical_times_at_the_middle_of_each_latent():

@@ -227,7 +227,7 @@ def test_one_streamed_block_equals_the_whole_clip_decode(layout_name):
     vae = random_vae(VideoVAEConfig.tiny(), seed=0)
     latents = torch.randn(1, 128, layout.block(0).video_end, *GRID)
     pieces = stream_blocks(vae, latents, layout, 1)
-    span = layout.block(0).pixel_frames
+    span = layout.block(0).pixel_interval
     assert [p.shape[0] for p in pieces] == [span[1] - span[0], 0]
     assert (torch.cat(pieces) - vae.decode_frames(latents)).abs().max() <= 1e-6
 
@@ -241,7 +241,7 @@ def test_streamed_blocks_stay_within_the_documented_bound(layout_name, num_block
     reference = vae.decode_frames(latents)
 
     pieces = stream_blocks(vae, latents, layout, num_blocks)
-    spans = [span.pixel_frames for span in layout.iter_blocks(num_blocks)]
+    spans = [span.pixel_interval for span in layout.iter_blocks(num_blocks)]
     assert [p.shape[0] for p in pieces] == [end - start for start, end in spans] + [0]
     difference = (torch.cat(pieces) - reference).abs()
     assert difference.mean() <= STREAMING_TOLERANCE.mean_abs
@@ -349,7 +349,7 @@ def test_preview_matches_the_decode_frame_count_per_block():
     latents = torch.randn(1, 128, layout.block(1).video_end, *GRID)
     for span in layout.iter_blocks(2):
         frames = preview.frames(latents[:, :, span.video_start:span.video_end], first_latent=span.video_start)
-        assert frames.shape == (span.pixel_frames[1] - span.pixel_frames[0], 64, 96, 3)
+        assert frames.shape == (span.pixel_count, 64, 96, 3)
         assert 0.0 <= frames.min() and frames.max() <= 1.0
 
 

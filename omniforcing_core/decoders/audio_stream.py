@@ -28,7 +28,7 @@ and emits the samples of the frames it owns:
   latency) and emits them with the next one; with L >= ``right`` the stream equals the
   whole-clip decode everywhere and no crossfade is used.
 
-Per-block sample counts with ``lookahead_frames=0`` are exactly ``BlockSpan.audio_samples``:
+Per-block sample counts with ``lookahead_frames=0`` are exactly ``BlockSpan.sample_interval``:
 released layout 24240 for block 0 (26 latents -> 101 mel frames) and 24000 for every later
 block (25 latents -> 100 frames); paper layout 240 for the 1-latent prefix block. Nothing
 is held back, so the algorithmic latency is zero. With lookahead L, every push emits
