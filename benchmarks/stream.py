@@ -35,7 +35,10 @@ from omniforcing_core.decoders.audio_vae import AudioVAEConfig, AudioVAEDecoder
 from omniforcing_core.decoders.av_stream import AVStreamDecoder
 from omniforcing_core.decoders.video_vae import VideoVAE, VideoVAEConfig
 from omniforcing_core.decoders.vocoder import Vocoder, VocoderConfig
-from omniforcing_core.layout import tokens_per_video_frame
+from omniforcing_core.demo import randomize_
+from omniforcing_core.kv_cache import POSITION_MODES
+from omniforcing_core.layout import LAYOUT_NAMES, latent_grid
+from omniforcing_core.schedule import PRESETS as SCHEDULES
 
 # name: (transformer, decoder preset name, default height, width)
 PRESETS = {
@@ -49,15 +52,7 @@ def random_module(build, device: torch.device, dtype: torch.dtype, seed: int) ->
     """Build on meta, then fill in place on the device: no host copy of a 19B model."""
     with torch.device("meta"):
         module = build()
-    module = module.to_empty(device=device).to(dtype)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-            if name.endswith("std-of-means"):
-                tensor.fill_(1.0)
-            elif tensor.is_floating_point():
-                tensor.normal_(0.0, 0.02, generator=generator)
-    return module.eval()
+    return randomize_(module.to_empty(device=device).to(dtype), seed)
 
 
 def random_decoder(preset: str, device: torch.device, dtype: torch.dtype, seed: int) -> AVStreamDecoder:
@@ -122,10 +117,10 @@ def recompute_time(model, layout, block_index, grid_hw, sigmas, text, device, dt
     video = torch.randn(1, model.config.video_in_channels, frames, *grid_hw, device=device, dtype=dtype)
     audio = torch.randn(1, audio_frames, model.config.audio_in_channels, device=device, dtype=dtype)
     masks = block_causal_masks(layout, len(spans), grid_hw[0] * grid_hw[1], device=device)
-    text_kv = model.encode_text(text)
     current = spans[-1]
     elapsed = 0.0
     with torch.no_grad():
+        text_kv = model.encode_text(text)
         for sigma in sigmas[:-1]:
             video_sigma = torch.zeros(1, frames, device=device)
             audio_sigma = torch.zeros(1, audio_frames, device=device)
@@ -139,13 +134,13 @@ def recompute_time(model, layout, block_index, grid_hw, sigmas, text, device, dt
     return elapsed
 
 
-def overlap_lever(sampler, decoder, text, blocks, height, width, seed, device) -> dict:
+def overlap_lever(sampler, decoder, text, seconds, height, width, seed, device) -> dict:
     """FPS of the same stream with decode inline and overlapped with the next block's generation."""
     fps = {}
     for name, overlap in (("inline", False), ("overlapped", True)):
         start = time.perf_counter()
         frames = 0
-        for block in sampler.stream(text, blocks, height, width, seed=seed, decoder=decoder, overlap_decode=overlap):
+        for block in sampler.stream(text, seconds, height, width, seed=seed, decoder=decoder, overlap_decode=overlap):
             frames += block.decoded.frames.shape[0]
         device_sync(device)
         fps[name] = frames / (time.perf_counter() - start)
@@ -156,18 +151,21 @@ def overlap_lever(sampler, decoder, text, blocks, height, width, seed, device) -
 def run(args: argparse.Namespace) -> dict:
     make_config, decoder_preset, default_height, default_width = PRESETS[args.preset]
     height, width = args.height or default_height, args.width or default_width
-    grid_hw = (height // 32, width // 32)
-    tokens_per_video_frame(height, width)
+    grid_hw = latent_grid(height, width)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
     config = make_config()
     layout = BlockLayout.named(args.layout)
+    # --blocks counts blocks; the paper layout's prefix block comes on top of whole seconds.
+    seconds = args.blocks - 1 if layout.has_prefix_block else args.blocks
+    if seconds < 1:
+        raise SystemExit(f"the {layout.name} layout needs at least {args.blocks - seconds + 1} blocks")
     model = random_module(lambda: AVTransformer(config), device, dtype, args.seed)
     decoder = random_decoder(decoder_preset, device, dtype, args.seed) if args.decode else None
     sigmas = preset_sigmas(args.schedule)
-    settings = StreamSettings(sigmas=tuple(sigmas), window_blocks=args.window, position_mode=args.position_mode)
+    settings = StreamSettings(sigmas=sigmas, window_blocks=args.window, position_mode=args.position_mode)
     sampler = StreamingSampler(model, layout, settings)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     shape = (1, args.text_tokens, config.caption_channels)
@@ -188,8 +186,8 @@ def run(args: argparse.Namespace) -> dict:
     if decoder is not None:
         decoder.reset()
     denoise_s, decode_s, cache_bytes, frames = [], [], [], 0
-    counter = SyncCounter()
-    stream = sampler.stream(text, args.blocks, height, width, seed=args.seed)
+    counter, decode_counter = SyncCounter(), SyncCounter()
+    stream = sampler.stream(text, seconds, height, width, seed=args.seed)
     run_start = time.perf_counter()
     ttfc_s = None
     while True:
@@ -202,17 +200,18 @@ def run(args: argparse.Namespace) -> dict:
         generated = time.perf_counter()
         denoise_s.append(generated - block_start)
         if decoder is not None:
-            decoded = decoder.push(block.span, block.video, block.audio, final=block.index == args.blocks - 1)
+            with decode_counter.counting():
+                decoded = decoder.push(block.span, block.video, block.audio, final=block.index == args.blocks - 1)
             frames += decoded.frames.shape[0]
         else:
-            frames += block.span.pixel_interval[1] - block.span.pixel_interval[0]
+            frames += block.span.pixel_count
         device_sync(device)
         decode_s.append(time.perf_counter() - generated)
         cache_bytes.append(sampler.cache.nbytes)
         if ttfc_s is None:
             ttfc_s = time.perf_counter() - run_start
     wall_s = time.perf_counter() - run_start
-    media_s = layout.block(args.blocks - 1).time_span[1] if args.blocks else 0.0
+    media_s = layout.block(args.blocks - 1).time_span[1]
 
     result = {
         "preset": args.preset,
@@ -236,6 +235,8 @@ def run(args: argparse.Namespace) -> dict:
         "cache_bytes": cache_bytes,
         "peak_mem_bytes": {"host": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
         "host_syncs": counter.count,
+        # Handing frames and sound to the host is the decode's one intended sync point.
+        "host_syncs_decode": decode_counter.count,
     }
     if device.type == "cuda":
         result["peak_mem_bytes"]["gpu"] = torch.cuda.max_memory_allocated(device)
@@ -246,8 +247,9 @@ def run(args: argparse.Namespace) -> dict:
         early, late = median(totals[5:11]), median(totals[50:61])
         result["flatness"] = {"blocks_5_10_median_s": early, "blocks_50_60_median_s": late, "ratio": round(late / early, 4)}
     if args.overlap_blocks and decoder is not None:
+        overlap_seconds = args.overlap_blocks - 1 if layout.has_prefix_block else args.overlap_blocks
         result["levers"] = {"decode_overlap": overlap_lever(
-            sampler, decoder, text, args.overlap_blocks, height, width, args.seed, device)}
+            sampler, decoder, text, overlap_seconds, height, width, args.seed, device)}
     if args.recompute_at is not None and args.recompute_at < args.blocks:
         recompute_s = recompute_time(model, layout, args.recompute_at, grid_hw, sigmas, text, device, dtype)
         cached_s = denoise_s[args.recompute_at]
@@ -263,9 +265,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--width", type=int)
     parser.add_argument("--blocks", type=int, default=8)
     parser.add_argument("--window", type=int, default=4, help="previous blocks kept in the cache")
-    parser.add_argument("--layout", choices=("released", "paper"), default="released")
-    parser.add_argument("--schedule", choices=("quality-4step", "realtime-3step"), default="quality-4step")
-    parser.add_argument("--position-mode", choices=("absolute", "rebased"), default="absolute")
+    parser.add_argument("--layout", choices=LAYOUT_NAMES, default="released")
+    parser.add_argument("--schedule", choices=list(SCHEDULES), default="quality-4step")
+    parser.add_argument("--position-mode", choices=POSITION_MODES, default="absolute")
     parser.add_argument("--recompute-at", type=int, help="measure recompute_ratio at this block")
     parser.add_argument("--warmup", type=int, default=2, help="blocks streamed before timing")
     parser.add_argument("--no-decode", dest="decode", action="store_false", help="time the transformer alone")

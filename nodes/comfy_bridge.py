@@ -60,9 +60,8 @@ class StandaloneBridge:
         """A handle the host can offload; here, the module itself."""
         return module
 
-    def ready(self, handle: Any, memory_required: int) -> torch.nn.Module:
-        """Put the managed model on the load device (freeing room for it) and return it."""
-        return handle
+    def ready(self, handle: Any, memory_required: int) -> None:
+        """Put the managed model on the load device, freeing room for it and its stream."""
 
     def release_memory(self) -> None:
         pass
@@ -83,6 +82,10 @@ class StandaloneBridge:
 
     def check_interrupt(self) -> None:
         pass
+
+    def interrupt_requested(self) -> bool:
+        """Whether the user asked to stop (without consuming the request)."""
+        return False
 
     def prompt_id(self) -> str | None:
         return None
@@ -124,11 +127,10 @@ class ComfyBridge(StandaloneBridge):
             module, load_device=self.load_device(), offload_device=self.offload_device()
         )
 
-    def ready(self, handle: Any, memory_required: int) -> torch.nn.Module:
+    def ready(self, handle: Any, memory_required: int) -> None:
         import comfy.model_management as mm
 
         mm.load_models_gpu([handle], memory_required=memory_required)
-        return handle.model
 
     def release_memory(self) -> None:
         import comfy.model_management as mm
@@ -157,6 +159,11 @@ class ComfyBridge(StandaloneBridge):
         import comfy.model_management as mm
 
         mm.throw_exception_if_processing_interrupted()
+
+    def interrupt_requested(self) -> bool:
+        import comfy.model_management as mm
+
+        return mm.processing_interrupted()
 
     def prompt_id(self) -> str | None:
         from comfy_execution.utils import get_executing_context

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 import wave
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from omniforcing_core.layout import VIDEO_FPS
+from omniforcing_core.media import frames_to_uint8
 from omniforcing_core.sampler import StreamBlock
 
 from . import events
@@ -43,7 +44,7 @@ def write_wav(path: Path, waveform: torch.Tensor, sample_rate: int) -> None:
 
 def preview_image(frame: torch.Tensor) -> Image.Image:
     """A PIL image of a frame [H, W, 3] in [0, 1], at most PREVIEW_LONG_SIDE pixels long."""
-    image = Image.fromarray((frame.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+    image = Image.fromarray(frames_to_uint8(frame).numpy())
     scale = PREVIEW_LONG_SIDE / max(image.size)
     if scale < 1:
         image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
@@ -64,13 +65,15 @@ class LivePreview:
         self.frames: list[dict] = []
         self.blocks_done = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omniforcing-preview")
+        self._published: list[Future] = []
         bridge.send(events.START, {
             **self.header, "blocks": total_blocks, "fps": VIDEO_FPS, "sample_rate": sample_rate,
             "width": width, "height": height, "seconds": seconds,
         })
 
-    def block(self, block: StreamBlock, frames: torch.Tensor, waveform: torch.Tensor, block_s: float) -> None:
-        """Announce one finished block (frames [F, H, W, 3] in [0, 1], waveform [C, S] on the CPU)."""
+    def block(self, block: StreamBlock, block_s: float) -> None:
+        """Announce one finished, decoded block."""
+        frames, waveform = block.decoded.frames, block.decoded.waveform
         index = block.index
         names = [f"b{index:05d}_f{n:02d}.jpg" for n in range(frames.shape[0])]
         self.frames += [_file(self.subfolder, name) for name in names]
@@ -82,7 +85,7 @@ class LivePreview:
             "samples": waveform.shape[1], "block_s": round(block_s, 4),
         }
         self.blocks_done += 1
-        self._writer.submit(self._publish, frames, names, waveform, audio_name, payload)
+        self._published.append(self._writer.submit(self._publish, frames, names, waveform, audio_name, payload))
         # The progress hook may raise an interrupt: only after the block is counted and queued.
         last = preview_image(frames[-1]) if frames.shape[0] else None
         self.bridge.progress(self.node_id, self.blocks_done, self.total_blocks or self.blocks_done, preview=last)
@@ -94,11 +97,20 @@ class LivePreview:
         self.bridge.send(events.BLOCK, payload)
 
     def end(self, interrupted: bool = False, error: str | None = None) -> None:
-        """Wait for the files of every announced block, then close the stream in the UI."""
+        """Wait for the files of every announced block, then close the stream in the UI.
+
+        A block whose files could not be written (a full disk, say) is an error of the
+        stream: it is reported here, and raised if the stream otherwise succeeded.
+        """
         self._writer.shutdown(wait=True)
+        failed = next((f.exception() for f in self._published if f.exception() is not None), None)
+        if failed is not None and error is None:
+            error = f"{type(failed).__name__}: {failed}"
         self.bridge.send(events.END, {
             **self.header, "blocks_done": self.blocks_done, "interrupted": interrupted, "error": error,
         })
+        if failed is not None and not interrupted:
+            raise failed
 
     def final_ui(self, waveform: torch.Tensor) -> dict:
         """The node's UI output: the whole stream again, for replay after the run."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from omniforcing_core.checkpoint import resolve_dtype
 from omniforcing_core.pipeline import StreamPipeline
 
 from .comfy_bridge import BASE_FOLDERS, GENERATOR_FOLDERS, bridge
@@ -20,15 +21,14 @@ class OmniForcingModel:
 
     pipeline: StreamPipeline
     handle: Any  # ComfyUI's model patcher (or the pipeline itself outside ComfyUI)
-    compute_dtype: torch.dtype
 
 
-def compute_dtype(choice: str, device: torch.device) -> tuple[torch.dtype, bool]:
+def weight_dtypes(choice: str, device: torch.device) -> tuple[torch.dtype, bool]:
     """(compute dtype, store block weights in fp8) for a weight-dtype choice on a device."""
-    fast_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    default = torch.bfloat16 if fast_bf16 else torch.float32
-    named = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    return named.get(choice, default), choice == "fp8"
+    if choice in ("auto", "fp8"):
+        fast_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return (torch.bfloat16 if fast_bf16 else torch.float32), choice == "fp8"
+    return resolve_dtype(choice), False
 
 
 class OmniForcingModelLoader:
@@ -65,10 +65,13 @@ class OmniForcingModelLoader:
 
     def load(self, generator: str, base: str, weight_dtype: str):
         b = bridge()
-        dtype, fp8 = compute_dtype(weight_dtype, b.load_device())
+        compute_device = b.load_device()
+        dtype, fp8 = weight_dtypes(weight_dtype, compute_device)
         pipeline = StreamPipeline.from_files(
             b.model_path(GENERATOR_FOLDERS, generator), b.model_path(BASE_FOLDERS, base),
             device=b.offload_device(), dtype=dtype, fp8_weights=fp8,
+            # The decoders compute where the transformer does, in its dtype off the CPU.
+            decoder_dtype=torch.float32 if compute_device.type == "cpu" else dtype,
         )
-        model = OmniForcingModel(pipeline, b.manage(pipeline), dtype)
+        model = OmniForcingModel(pipeline, b.manage(pipeline))
         return {"ui": {"text": [pipeline.info.describe()]}, "result": (model,)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from omniforcing_core.conditioning import save_text_conditioning
+from omniforcing_core.media import free_path
 
 from .comfy_bridge import bridge
 from .sampler import conditioning_to_text
@@ -32,13 +33,11 @@ class OmniForcingSavePromptContext:
         if tensor is None or tensor.ndim != 3 or tensor.shape[-1] % 2:
             raise ValueError("expected an LTX-2 CONDITIONING [batch, tokens, 2 x width] from CLIPTextEncode")
         text = conditioning_to_text(conditioning, tensor.shape[-1] // 2)
-        output = bridge().output_dir()
-        target = (output / filename_prefix).resolve()
-        if output.resolve() not in target.parents:
+        output = bridge().output_dir().resolve()
+        target = (output / f"{filename_prefix}.safetensors").resolve()
+        if output not in target.parents:
             raise ValueError(f"filename_prefix must stay inside the output folder, got {filename_prefix!r}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        counter = 1
-        while (path := target.parent / f"{target.name}_{counter:05d}.safetensors").exists():
-            counter += 1
+        path = free_path(target)
         save_text_conditioning(path, text)
-        return {"ui": {"text": [str(path.relative_to(output.resolve()))]}}
+        return {"ui": {"text": [str(path.relative_to(output))]}}

@@ -7,6 +7,8 @@ import time
 import torch
 
 from omniforcing_core import PromptSwitch, TextConditioning
+from omniforcing_core.host import available_host_memory
+from omniforcing_core.sampler import decode_blocks
 from omniforcing_core.layout import VIDEO_FPS
 
 from .comfy_bridge import bridge
@@ -21,7 +23,12 @@ def conditioning_to_text(conditioning, caption_channels: int) -> TextConditionin
     """ComfyUI's LTX-2 CONDITIONING ([B, tokens, 2 x width], video and audio halves) as text contexts."""
     if not conditioning:
         raise ValueError("the prompt is empty: connect a CONDITIONING from CLIPTextEncode")
-    tensor, extra = conditioning[0][0], conditioning[0][1]
+    if len(conditioning) > 1:
+        raise ValueError(
+            f"this CONDITIONING holds {len(conditioning)} prompts (e.g. from a combine node); OmniForcing "
+            "streams one prompt at a time: use a prompt schedule to change it over time"
+        )
+    tensor, extra = conditioning[0]
     if extra.get("unprocessed_ltxav_embeds"):
         raise ValueError(
             "this CONDITIONING comes from an LTX-2.3 text encoder setup; OmniForcing needs the LTX-2 (19B) "
@@ -47,8 +54,9 @@ class OmniForcingStreamingSampler:
             "required": {
                 "model": ("OMNIFORCING_MODEL",),
                 "positive": ("CONDITIONING", {"tooltip": "The prompt from the LTX-2 text encoder (CLIPTextEncode)."}),
-                "width": ("INT", {"default": 768, "min": 32, "max": 4096, "step": 32}),
-                "height": ("INT", {"default": 512, "min": 32, "max": 4096, "step": 32}),
+                # The VAE decoder needs at least 2 x 2 latent cells (64 pixels) each way.
+                "width": ("INT", {"default": 768, "min": 64, "max": 4096, "step": 32}),
+                "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 32}),
                 "seconds": ("INT", {"default": 5, "min": 1, "max": 3600,
                                     "tooltip": "One block per second (the paper layout adds a prefix block)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
@@ -83,20 +91,26 @@ class OmniForcingStreamingSampler:
         sampler = pipeline.sampler(settings.stream)
         preview = decode == "fast preview"
         decoder = pipeline.decoder(video_lookahead_latents=settings.decode_lookahead, preview=preview, seed=seed)
-        # Everything is checked here, before the model moves or the cache is allocated.
+        # Everything is checked here, before the model moves or anything large is allocated.
         stream = sampler.stream(text, seconds, height, width, seed=seed, prompt_schedule=switches, decoder=decoder,
-                                overlap_decode=True)
+                                overlap_decode=True, should_stop=b.interrupt_requested)
+        blocks_total = layout.num_blocks(seconds)
+        frames_total = layout.block(blocks_total - 1).pixel_interval[1]
+        images = allocate_images(frames_total, height, width)
         b.ready(model.handle, sampler.memory_estimate(seconds, height, width))
-        live = LivePreview(b, unique_id, b.prompt_id(), layout.num_blocks(seconds), width, height, seconds,
-                           decoder.sample_rate)
-        blocks = []
+        live = LivePreview(b, unique_id, b.prompt_id(), blocks_total, width, height, seconds, decoder.sample_rate)
+        blocks, waveforms = [], []
         try:
             started = time.perf_counter()
             for block in stream:
                 blocks.append(block)
-                live.block(block, block.decoded.frames, block.decoded.waveform, time.perf_counter() - started)
+                waveforms.append(block.decoded.waveform)
+                start, end = block.span.pixel_interval
+                images[start:end] = block.decoded.frames
+                live.block(block, time.perf_counter() - started)
                 b.check_interrupt()
                 started = time.perf_counter()
+            b.check_interrupt()  # a stream stopped early by an interrupt ends here
         except BaseException as stopped:
             stream.close()  # frees the KV cache at once
             # ComfyUI's interrupt is a BaseException; anything else is a failure to report.
@@ -107,14 +121,28 @@ class OmniForcingStreamingSampler:
         live.end()
         if preview:
             final = pipeline.decoder(video_lookahead_latents=settings.decode_lookahead, seed=seed)
-            decoded = [final.push(block.span, block.video, block.audio, final=block is blocks[-1]) for block in blocks]
-        else:
-            decoded = [block.decoded for block in blocks]
-        images = torch.cat([d.frames for d in decoded])
-        waveform = torch.cat([d.waveform for d in decoded], dim=1)
+            waveforms = []
+            for block in decode_blocks(blocks, final, blocks_total):
+                start, end = block.span.pixel_interval
+                images[start:end] = block.decoded.frames
+                waveforms.append(block.decoded.waveform)
+        waveform = torch.cat(waveforms, dim=1)
         video_latent = torch.cat([block.video for block in blocks], dim=2).float().cpu()
         audio_latent = pipeline.audio_vae.latents_from_tokens(torch.cat([block.audio for block in blocks], dim=1))
         latent = b.av_latent(video_latent, audio_latent.float().cpu())
         audio = {"waveform": waveform.unsqueeze(0), "sample_rate": decoder.sample_rate}
         b.release_memory()
         return {"ui": live.final_ui(waveform), "result": (images, audio, float(VIDEO_FPS), latent)}
+
+
+def allocate_images(frames: int, height: int, width: int) -> torch.Tensor:
+    """The IMAGE output, allocated once up front (every frame as float32, as ComfyUI expects),
+    refused at once when the host cannot hold it."""
+    needed = frames * height * width * 3 * 4
+    free = available_host_memory()
+    if free is not None and needed > free:
+        raise MemoryError(
+            f"the stream's IMAGE output needs {needed / 2**30:.1f} GiB for {frames} frames at {width}x{height}, "
+            f"but only {free / 2**30:.1f} GiB of memory is free; stream fewer seconds or a smaller size"
+        )
+    return torch.empty((frames, height, width, 3), dtype=torch.float32)

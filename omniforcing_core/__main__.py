@@ -11,28 +11,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 import torch
 
 from .conditioning import TextConditioning, load_text_conditioning
 from .demo import write_tiny_checkpoints
-from .media import Mp4StreamWriter
+from .kv_cache import POSITION_MODES
+from .media import Mp4StreamWriter, free_path
+from .layout import LAYOUT_NAMES
 from .pipeline import StreamPipeline
 from .sampler import StreamSettings
-from .schedule import PRESETS, parse_sigma_list, preset_sigmas
-
-
-def _free_path(path: Path) -> Path:
-    """``path``, or ``name_2.mp4``, ``name_3.mp4``... beside it: earlier outputs are kept."""
-    candidate, number = path, 1
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.stem}_{number}{path.suffix}")
-    return candidate
-
-
-def _schedule(text: str) -> tuple[float, ...]:
-    return tuple(preset_sigmas(text)) if text in PRESETS else parse_sigma_list(text)
+from .schedule import PRESETS, resolve_schedule
 
 
 def _build(args: argparse.Namespace) -> tuple[StreamPipeline, TextConditioning]:
@@ -61,15 +49,15 @@ def _build(args: argparse.Namespace) -> tuple[StreamPipeline, TextConditioning]:
 def stream_command(args: argparse.Namespace) -> None:
     pipeline, text = _build(args)
     settings = StreamSettings(
-        sigmas=_schedule(args.schedule),
-        window_blocks=args.window,
+        sigmas=resolve_schedule(args.schedule),
+        window_blocks=args.window or None,
         context_noise=args.context_noise,
         position_mode=args.position_mode,
     )
     decoder = pipeline.decoder(video_lookahead_latents=args.video_lookahead, preview=args.preview, seed=args.seed)
     sampler = pipeline.sampler(settings)
     blocks_total = pipeline.layout.num_blocks(args.seconds)
-    writer = Mp4StreamWriter(args.out if args.overwrite else _free_path(Path(args.out)), overwrite=args.overwrite)
+    writer = Mp4StreamWriter(args.out if args.overwrite else free_path(args.out), overwrite=args.overwrite)
     start = time.perf_counter()
     frames_total = 0
     try:
@@ -114,11 +102,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     stream.add_argument("--width", type=int, help="pixels, a multiple of 32 (default 768; 192 for the tiny preset)")
     stream.add_argument("--seed", type=int, default=0)
     stream.add_argument("--schedule", default="quality-4step",
-                        help="quality-4step, realtime-3step, or a list of sigmas/timesteps like '1000,750,500,0'")
-    stream.add_argument("--window", type=int, help="seconds of past kept in the cache (default: everything)")
+                        help=f"{', '.join(PRESETS)}, or a list of sigmas/timesteps like '1000,750,500,0'")
+    stream.add_argument("--window", type=int, default=0, help="seconds of past kept in the cache (0: everything)")
     stream.add_argument("--context-noise", type=float, default=0.0)
-    stream.add_argument("--position-mode", choices=("absolute", "rebased"), default="absolute")
-    stream.add_argument("--layout", choices=("released", "paper"), help="override the detected block layout")
+    stream.add_argument("--position-mode", choices=POSITION_MODES, default="absolute")
+    stream.add_argument("--layout", choices=LAYOUT_NAMES, help="override the detected block layout")
     stream.add_argument("--video-lookahead", type=int, default=0, help="latents held back for an exact video decode")
     stream.add_argument("--preview", action="store_true", help="fast latent->RGB frames instead of the VAE decode")
     stream.add_argument("--no-overlap", dest="overlap", action="store_false",

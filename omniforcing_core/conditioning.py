@@ -60,9 +60,9 @@ class TextConditioning:
             raise ConditioningError(
                 f"cannot blend text contexts of shapes {tuple(self.video.shape)} and {tuple(other.video.shape)}"
             )
-        return TextConditioning(
-            torch.lerp(self.video, other.video, weight), torch.lerp(self.audio, other.audio, weight), other.mask
-        )
+        # A token stays visible while either prompt still weighs on it.
+        mask = None if self.mask is None or other.mask is None else self.mask.bool() | other.mask.bool()
+        return TextConditioning(torch.lerp(self.video, other.video, weight), torch.lerp(self.audio, other.audio, weight), mask)
 
 
 def save_text_conditioning(path: str | Path, text: TextConditioning) -> None:

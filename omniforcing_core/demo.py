@@ -25,17 +25,23 @@ TINY_BASE_FILE = "ltx2_tiny_random_base.safetensors"
 
 
 def randomize_(module: nn.Module, seed: int) -> nn.Module:
-    """Fan-in scaled random weights, so activations stay of order one through any depth."""
-    generator = torch.Generator().manual_seed(seed)
+    """Fan-in scaled random weights, so activations stay of order one through any depth.
+
+    Drawn on each tensor's own device (a 19B model on a GPU never passes through the host).
+    """
+    generators: dict[torch.device, torch.Generator] = {}
     with torch.no_grad():
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
             if not tensor.is_floating_point():
                 continue
+            if tensor.device not in generators:
+                generators[tensor.device] = torch.Generator(device=tensor.device).manual_seed(seed)
+            draw = {"generator": generators[tensor.device], "device": tensor.device}
             if name.endswith("std-of-means"):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+                tensor.copy_(torch.rand(tensor.shape, **draw) + 0.5)
             else:
                 scale = tensor[0].numel() ** -0.5 if tensor.ndim > 1 else 0.05
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * scale)
+                tensor.copy_(torch.randn(tensor.shape, **draw) * scale)
     return module.eval()
 
 

@@ -29,6 +29,10 @@ Positions past the trained horizon (``position_mode``):
   once per block. The trade-off: a gap in time is closed, so the retained start
   appears closer than it really is, and cached keys pick up a little rounding per
   rotation (at most W rotations before eviction).
+
+Positions are fp32 either way, and rotation angles grow with position: in absolute mode
+the highest frequency's angle resolution is about 0.008 rad at 60 s and 0.5 rad after an
+hour, another reason to prefer ``rebased`` for streams longer than a few minutes.
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ from .rope import RotaryTable, time_shift_rotation
 from .transformer import AVRope, TextKV, av_rope
 
 POSITION_MODES = ("absolute", "rebased")
-KINDS = ("video_self", "audio_self", "audio_to_video", "video_to_audio")
 _VIDEO_KEYED = ("video_self", "video_to_audio")
 
 
@@ -61,7 +64,7 @@ class WindowPolicy:
     position_mode: str = "absolute"
 
     def __post_init__(self) -> None:
-        if self.retained_start_blocks < 1:
+        if not isinstance(self.retained_start_blocks, int) or self.retained_start_blocks < 1:
             raise CacheError(
                 f"retained_start_blocks must be >= 1 (block 0 is the stream's anchor), got {self.retained_start_blocks}"
             )
@@ -173,11 +176,11 @@ class StreamKVCache:
             "video_to_audio": buffer(config.audio_heads, config.audio_head_dim, video_capacity),
         }
         self.text: TextKV | None = None
-        self._window_shift = self._shift_rotations(config, device) if policy.position_mode == "rebased" else {}
+        self._window_shift = self._shift_rotations(config, device, dtype) if policy.position_mode == "rebased" else {}
 
     @staticmethod
-    def _shift_rotations(config: ModelConfig, device) -> dict[str, torch.Tensor]:
-        """Per kind, cos/sin [2, heads, 1, head_dim] moving keys back one block (1 s)."""
+    def _shift_rotations(config: ModelConfig, device, dtype: torch.dtype) -> dict[str, RotaryTable]:
+        """Per kind, the rotation [heads, 1, head_dim] moving keys back one block (1 s)."""
         specs = {
             "video_self": (3, config.video_dim, config.video_max_pos[0], config.video_heads),
             "audio_self": (1, config.audio_dim, config.audio_max_pos[0], config.audio_heads),
@@ -187,7 +190,8 @@ class StreamKVCache:
         rotations = {}
         for kind, (axes, dim, max_time, heads) in specs.items():
             table = time_shift_rotation(-BLOCK_SECONDS, axes, dim, max_time, config.rope_theta, device)
-            rotations[kind] = torch.stack([table.cos, table.sin]).view(2, heads, 1, dim // heads)
+            per_head = (heads, 1, dim // heads)
+            rotations[kind] = RotaryTable(table.cos.view(per_head), table.sin.view(per_head)).to(dtype)
         return rotations
 
     @property
@@ -228,9 +232,9 @@ class StreamKVCache:
     def _move_window_back_one_block(self) -> None:
         for kind, rotation in self._window_shift.items():
             start = self.video_start_tokens if kind in _VIDEO_KEYED else self.audio_start_tokens
-            keys = self.buffers[kind][:, 0, :, :, start:]
-            table = RotaryTable(rotation[0].to(keys.dtype), rotation[1].to(keys.dtype))
-            keys.copy_(table.apply(keys))
+            # One layer at a time: the rotation's temporaries stay one layer's window in size.
+            for layer_keys in self.buffers[kind][:, 0, :, :, start:]:
+                layer_keys.copy_(rotation.apply(layer_keys))
 
     def release(self) -> None:
         """Drop every buffer (end of stream, interrupt): the memory goes back at once."""

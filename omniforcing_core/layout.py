@@ -33,6 +33,9 @@ AUDIO_LATENTS_PER_BLOCK = 25
 BLOCK_SECONDS = VIDEO_LATENTS_PER_BLOCK * VIDEO_TIME_COMPRESSION / VIDEO_FPS
 
 
+LAYOUT_NAMES = ("released", "paper")
+
+
 class LayoutError(ValueError):
     """A request the latent clock cannot represent."""
 
@@ -188,10 +191,9 @@ class BlockLayout:
 
     @classmethod
     def named(cls, name: str) -> "BlockLayout":
-        layouts = {"released": cls.released, "paper": cls.paper}
-        if name not in layouts:
-            raise LayoutError(f"unknown block layout {name!r}; choose one of {sorted(layouts)}")
-        return layouts[name]()
+        if name not in LAYOUT_NAMES:
+            raise LayoutError(f"unknown block layout {name!r}; choose one of {list(LAYOUT_NAMES)}")
+        return getattr(cls, name)()
 
     @property
     def has_prefix_block(self) -> bool:

@@ -17,6 +17,21 @@ class MediaError(RuntimeError):
     """The mp4 could not be written."""
 
 
+def free_path(path: str | Path) -> Path:
+    """``path``, or ``name_2.ext``, ``name_3.ext``... beside it: earlier files are kept."""
+    path = Path(path)
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}_{number}{path.suffix}")
+    return candidate
+
+
+def frames_to_uint8(frames: torch.Tensor) -> torch.Tensor:
+    """Frames in [0, 1] as 8-bit pixels on the CPU."""
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
 class Mp4StreamWriter:
     """Append decoded blocks (frames [F, H, W, 3] in [0, 1], waveform [channels, samples])."""
 
@@ -48,7 +63,7 @@ class Mp4StreamWriter:
     def write(self, frames: torch.Tensor, waveform: torch.Tensor) -> None:
         if self._video is None:
             self._open_streams(frames.shape[1], frames.shape[2], waveform.shape[0])
-        pixels = (frames.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        pixels = frames_to_uint8(frames).numpy()
         for image in pixels:
             frame = self._av.VideoFrame.from_ndarray(image, format="rgb24")
             self._container.mux(self._video.encode(frame))
@@ -66,7 +81,7 @@ class Mp4StreamWriter:
         self._partial.unlink(missing_ok=True)
 
     def close(self) -> Path:
-        """Finish the file and move it into place (a stream that failed leaves only the .partial file)."""
+        """Finish the file and move it into place (``abort`` drops an unfinished one instead)."""
         if self._video is not None:
             self._container.mux(self._video.encode(None))
             self._container.mux(self._audio.encode(None))

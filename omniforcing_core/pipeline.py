@@ -65,14 +65,18 @@ class StreamPipeline(nn.Module):
         dtype: torch.dtype | str = torch.bfloat16,
         fp8_weights: bool = False,
         layout: str | None = None,
+        decoder_dtype: torch.dtype | str | None = None,
     ) -> "StreamPipeline":
         """The OmniForcing generator over the LTX-2 base file, with the base file's decoders.
 
-        Decoders run in fp32 on the CPU and in ``dtype`` on a GPU (they are small).
+        ``decoder_dtype`` defaults to fp32 on the CPU and to ``dtype`` elsewhere; a host
+        that loads on the CPU and computes on a GPU passes the GPU's dtype.
         """
         overrides = {"block_layout": layout} if layout else None
         loaded = load_model(generator, base, device=device, dtype=dtype, overrides=overrides, fp8_weights=fp8_weights)
-        decoder_dtype = torch.float32 if torch.device(device).type == "cpu" else loaded.model.patchify_proj.weight.dtype
+        if decoder_dtype is None:
+            cpu = torch.device(device).type == "cpu"
+            decoder_dtype = torch.float32 if cpu else loaded.model.patchify_proj.weight.dtype
         decoders = load_decoders(base, device=device, dtype=decoder_dtype)
         return cls(loaded.model, loaded.layout, decoders.video_vae, decoders.audio_vae, decoders.vocoder,
                    loaded.report.summary())

@@ -39,7 +39,11 @@ class RotaryTable:
         return self.cos.shape[1]
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Rotate x [B, tokens, inner_dim]; adjacent pairs (2i, 2i+1) rotate together."""
+        """Rotate x [B, tokens, inner_dim]; adjacent pairs (2i, 2i+1) rotate together.
+
+        A pair never straddles two heads (head widths are even), so a table reshaped to
+        [heads, 1, head_dim] rotates keys already split into heads the same way.
+        """
         pairs = x.unflatten(-1, (-1, 2))
         rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
         return x * self.cos + rotated * self.sin

@@ -12,19 +12,20 @@ import contextlib
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Generator, Iterable, Iterator, Sequence
 
 import torch
 
 from .conditioning import TextConditioning
 from .decoders.av_stream import AVStreamDecoder, DecodedBlock
-from .kv_cache import POSITION_MODES, StreamKVCache, WindowPolicy
-from .layout import BlockLayout, BlockSpan, LayoutError, check_seconds, tokens_per_video_frame
+from .kv_cache import CacheError, StreamKVCache, WindowPolicy
+from .layout import BlockLayout, BlockSpan, LayoutError, check_seconds, latent_grid
 from .schedule import ScheduleError, preset_sigmas, validate_sigmas
 from .transformer import AVTransformer
 
 # Given a block and a step (0 = the block's starting noise, j >= 1 = the noise that
-# re-noises step j-1's x0), return (video noise [B, C, f, h, w], audio noise [B, t, C]).
+# re-noises step j-1's x0; the last index, len(sigmas) - 1, is the context noise),
+# return (video noise [B, C, f, h, w], audio noise [B, t, C]).
 NoiseFn = Callable[[BlockSpan, int], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -42,7 +43,7 @@ class StreamSettings:
     ``audio_sink_tokens``: how many of the model's learned sinks to use (None = all).
     """
 
-    sigmas: tuple[float, ...] = field(default_factory=lambda: tuple(preset_sigmas("quality-4step")))
+    sigmas: tuple[float, ...] = field(default_factory=lambda: preset_sigmas("quality-4step"))
     window_blocks: int | None = None
     retained_start_blocks: int = 1
     context_noise: float = 0.0
@@ -58,20 +59,14 @@ class StreamSettings:
             raise StreamSettingsError(
                 f"window_blocks must be a whole number of blocks >= 1 (or None to keep everything), got {self.window_blocks!r}"
             )
-        if not isinstance(self.retained_start_blocks, int) or self.retained_start_blocks < 1:
-            raise StreamSettingsError(
-                f"retained_start_blocks must be >= 1 (block 0 anchors the stream), got {self.retained_start_blocks!r}"
-            )
         if not 0.0 <= float(self.context_noise) < 1.0:
             raise StreamSettingsError(f"context_noise is a sigma in [0, 1), got {self.context_noise}")
-        if self.position_mode not in POSITION_MODES:
-            raise StreamSettingsError(f"position_mode must be one of {POSITION_MODES}, got {self.position_mode!r}")
+        try:
+            WindowPolicy(self.retained_start_blocks, 0, self.position_mode)
+        except CacheError as exc:
+            raise StreamSettingsError(str(exc)) from exc
         if self.audio_sink_tokens is not None and self.audio_sink_tokens < 0:
             raise StreamSettingsError(f"audio_sink_tokens must be >= 0, got {self.audio_sink_tokens}")
-
-    @property
-    def passes_per_block(self) -> int:
-        return len(self.sigmas)
 
     def window_policy(self, num_blocks: int | None) -> WindowPolicy:
         if self.window_blocks is None:
@@ -125,17 +120,21 @@ class StreamingSampler:
         self.layout = layout
         self.settings = settings or StreamSettings()
         self.sink_tokens = model.check_sink_count(self.settings.audio_sink_tokens)
+        # The cache of the stream running now (for inspection); each stream owns its own.
         self.cache: StreamKVCache | None = None
+
+    def _geometry(self, num_seconds: int | None, height: int, width: int):
+        num_blocks = None if num_seconds is None else self.layout.num_blocks(check_seconds(num_seconds))
+        return num_blocks, latent_grid(height, width), self.settings.window_policy(num_blocks)
 
     def memory_estimate(self, num_seconds: int | None, height: int, width: int, text_tokens: int = 1024) -> int:
         """Bytes a stream needs beyond the weights: its KV cache (sized exactly, on the meta
-        device), the prompt's text keys, and a generous bound on one pass's activations."""
+        device), the prompt's text keys, and a bound on one transformer pass's activations
+        (the decoders' working memory is not included)."""
         c = self.model.config
-        num_blocks = None if num_seconds is None else self.layout.num_blocks(check_seconds(num_seconds))
-        grid_hw = (height // 32, width // 32)
+        _, grid_hw, policy = self._geometry(num_seconds, height, width)
         dtype = next(self.model.parameters()).dtype
-        cache = StreamKVCache(c, self.layout, grid_hw, self.settings.window_policy(num_blocks), self.sink_tokens,
-                              1, "meta", dtype)
+        cache = StreamKVCache(c, self.layout, grid_hw, policy, self.sink_tokens, 1, "meta", dtype)
         element = torch.finfo(dtype).bits // 8
         text = c.num_layers * 2 * text_tokens * (c.video_dim + c.audio_dim) * element
         video_tokens = self.layout.block(0).video_frames * grid_hw[0] * grid_hw[1]
@@ -154,6 +153,7 @@ class StreamingSampler:
         batch_size: int = 1,
         decoder: AVStreamDecoder | None = None,
         overlap_decode: bool = False,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Iterator[StreamBlock]:
         """Yield blocks as they finish. ``num_seconds`` None streams until the caller stops.
 
@@ -162,41 +162,44 @@ class StreamingSampler:
         ``overlap_decode`` the next block is generated on a worker thread (its own CUDA
         stream on a GPU) while this one decodes: each block arrives as soon as before,
         and the stream's pace becomes the slower of the two instead of their sum.
+        ``should_stop`` is asked before every forward pass; when it answers True the
+        stream ends early (an interrupt then takes effect within one pass).
 
-        Every argument is checked before anything is allocated; the cache is freed when
-        the stream ends, is closed, or is interrupted.
+        Every argument is checked here, before anything is allocated; the cache is freed
+        when the stream ends, is closed, or is interrupted.
         """
-        num_blocks = None if num_seconds is None else self.layout.num_blocks(check_seconds(num_seconds))
-        grid_hw = (height // 32, width // 32)
-        tokens_per_video_frame(height, width)
-        policy = self.settings.window_policy(num_blocks)
-        text.validate(self.model.config.caption_channels, batch_size)
+        num_blocks, grid_hw, policy = self._geometry(num_seconds, height, width)
+        channels = self.model.config.caption_channels
+        text.validate(channels, batch_size)
         schedule = sorted(prompt_schedule, key=lambda switch: switch.block)
-        for switch in schedule:
-            switch.text.validate(self.model.config.caption_channels, batch_size)
-            if num_blocks is not None and switch.block >= num_blocks:
-                raise LayoutError(f"prompt switch at block {switch.block} is past the stream's last block {num_blocks - 1}")
-        if decoder is not None and batch_size != 1:
-            raise StreamSettingsError(f"streaming decode takes one stream at a time (batch 1), got a batch of {batch_size}")
+        _check_schedule(text, schedule, num_blocks, channels, batch_size)
+        if decoder is not None:
+            if batch_size != 1:
+                raise StreamSettingsError(
+                    f"streaming decode takes one stream at a time (batch 1), got a batch of {batch_size}"
+                )
+            decoder.check_grid(grid_hw)
+        stop = should_stop or (lambda: False)
 
-        def generate() -> Iterator[StreamBlock]:
-            return self._generate(text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size)
+        def generate(stopped: Callable[[], bool] = stop) -> Iterator[StreamBlock]:
+            return self._generate(text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size, stopped)
 
         if decoder is None:
             return generate()
-        return _decoded(_generated_ahead(generate) if overlap_decode else generate(), decoder, num_blocks)
+        device = next(self.model.parameters()).device
+        blocks = _generated_ahead(generate, stop, device) if overlap_decode else generate()
+        return decode_blocks(blocks, decoder, num_blocks)
 
-    def _generate(self, text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size) -> Iterator[StreamBlock]:
+    def _generate(self, text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size, stopped) -> Iterator[StreamBlock]:
         param = next(self.model.parameters())
         device, dtype = param.device, param.dtype
         generator = torch.Generator(device=device).manual_seed(seed)
         draw = noise or self._seeded_noise(generator, batch_size, grid_hw, device, dtype)
-        self.cache = StreamKVCache(
-            self.model.config, self.layout, grid_hw, policy, self.sink_tokens, batch_size, device, dtype
-        )
+        cache = StreamKVCache(self.model.config, self.layout, grid_hw, policy, self.sink_tokens, batch_size, device, dtype)
+        self.cache = cache
         try:
             with torch.no_grad():
-                self.cache.text = self.model.encode_text(text)
+                cache.text = self.model.encode_text(text)
             prompts = _PromptTimeline(text, schedule)
             index = 0
             while num_blocks is None or index < num_blocks:
@@ -204,12 +207,16 @@ class StreamingSampler:
                 switched = prompts.text_at(index)
                 if switched is not None:
                     with torch.no_grad():
-                        self.cache.text = self.model.encode_text(switched)
-                yield self._generate_block(span, draw, generator)
+                        cache.text = self.model.encode_text(switched, into=cache.text)
+                block = self._generate_block(cache, span, draw, stopped)
+                if block is None:
+                    return
+                yield block
                 index += 1
         finally:
-            self.cache.release()
-            self.cache = None
+            cache.release()
+            if self.cache is cache:
+                self.cache = None
 
     def _seeded_noise(self, generator, batch_size, grid_hw, device, dtype) -> NoiseFn:
         c = self.model.config
@@ -224,12 +231,15 @@ class StreamingSampler:
         return draw
 
     @torch.no_grad()
-    def _generate_block(self, span: BlockSpan, draw: NoiseFn, generator: torch.Generator) -> StreamBlock:
-        cache = self.cache
+    def _generate_block(self, cache: StreamKVCache, span: BlockSpan, draw: NoiseFn,
+                        stopped: Callable[[], bool]) -> StreamBlock | None:
+        """The block's denoising steps and its context pass; None if stopped on the way."""
         block = cache.begin_block(span)
         sigmas = self.settings.sigmas
         video, audio = draw(span, 0)
         for step, (sigma, next_sigma) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+            if stopped():
+                return None
             video_v, audio_v = self.model.forward_block(video, audio, sigma, block, cache.text)
             video_x0, audio_x0 = _x0(video, video_v, sigma), _x0(audio, audio_v, sigma)
             if next_sigma > 0:
@@ -238,15 +248,41 @@ class StreamingSampler:
         context_sigma = float(self.settings.context_noise)
         context_video, context_audio = video_x0, audio_x0
         if context_sigma > 0:
-            video_noise = torch.randn(video_x0.shape, generator=generator, device=video_x0.device, dtype=video_x0.dtype)
-            audio_noise = torch.randn(audio_x0.shape, generator=generator, device=audio_x0.device, dtype=audio_x0.dtype)
+            # The last step index draws no re-noising noise, so it carries the context noise.
+            video_noise, audio_noise = draw(span, len(sigmas) - 1)
             context_video = _renoise(video_x0, video_noise, context_sigma)
             context_audio = _renoise(audio_x0, audio_noise, context_sigma)
+        if stopped():
+            return None
         self.model.forward_block(context_video, context_audio, context_sigma, block, cache.text)
         return StreamBlock(span, video_x0, audio_x0)
 
 
-def _decoded(blocks: Iterator[StreamBlock], decoder: AVStreamDecoder, num_blocks: int | None) -> Iterator[StreamBlock]:
+def _check_schedule(text: TextConditioning, schedule: Sequence[PromptSwitch], num_blocks: int | None,
+                    channels: int, batch_size: int) -> None:
+    """Prompt switches must land inside the stream, one at a time, and blend between
+    contexts of one shape."""
+    previous_text, previous_end, previous_block = text, -1, None
+    for switch in schedule:
+        switch.text.validate(channels, batch_size)
+        if num_blocks is not None and switch.block >= num_blocks:
+            raise LayoutError(f"prompt switch at block {switch.block} is past the stream's last block {num_blocks - 1}")
+        if switch.block <= previous_end:
+            raise StreamSettingsError(
+                f"prompt switch at block {switch.block} starts before the switch at block {previous_block} has "
+                f"finished (it blends until block {previous_end}); start it later or blend over fewer blocks"
+            )
+        if switch.blend_blocks and previous_text.video.shape != switch.text.video.shape:
+            raise StreamSettingsError(
+                f"prompt switch at block {switch.block} blends between contexts of different shapes "
+                f"{tuple(previous_text.video.shape)} and {tuple(switch.text.video.shape)}; blend_blocks=0 switches at once"
+            )
+        previous_text, previous_end, previous_block = switch.text, switch.block + switch.blend_blocks, switch.block
+
+
+def decode_blocks(blocks: Iterable[StreamBlock], decoder: AVStreamDecoder, num_blocks: int | None) -> Iterator[StreamBlock]:
+    """Decode latent blocks in order; the block with index ``num_blocks - 1`` ends the decode.
+    Closing this closes ``blocks`` when it is a stream (freeing its cache)."""
     decoder.reset()
     try:
         for block in blocks:
@@ -254,13 +290,15 @@ def _decoded(blocks: Iterator[StreamBlock], decoder: AVStreamDecoder, num_blocks
             decoded = decoder.push(block.span, block.video, block.audio, final=final)
             yield StreamBlock(block.span, block.video, block.audio, decoded)
     finally:
-        blocks.close()
+        if isinstance(blocks, Generator):
+            blocks.close()
 
 
 _DONE = object()
 
 
-def _generated_ahead(generate: Callable[[], Iterator[StreamBlock]]) -> Iterator[StreamBlock]:
+def _generated_ahead(generate: Callable[[Callable[[], bool]], Iterator[StreamBlock]], should_stop: Callable[[], bool],
+                     device: torch.device) -> Iterator[StreamBlock]:
     """Run ``generate()`` on a worker thread at most one block ahead of the consumer.
 
     On a GPU the worker works on its own CUDA stream and hands each block over with an
@@ -269,7 +307,7 @@ def _generated_ahead(generate: Callable[[], Iterator[StreamBlock]]) -> Iterator[
     """
     handoff: queue.Queue = queue.Queue(maxsize=1)
     stop = threading.Event()
-    cuda = torch.cuda.is_available()
+    cuda = device.type == "cuda"
 
     def hand_over(item) -> None:
         while not stop.is_set():
@@ -280,8 +318,8 @@ def _generated_ahead(generate: Callable[[], Iterator[StreamBlock]]) -> Iterator[
                 continue
 
     def produce() -> None:
-        side_stream = torch.cuda.Stream() if cuda else None
-        blocks = generate()
+        side_stream = torch.cuda.Stream(device=device) if cuda else None
+        blocks = generate(lambda: stop.is_set() or should_stop())
         try:
             with torch.cuda.stream(side_stream) if cuda else contextlib.nullcontext():
                 for block in blocks:
@@ -309,7 +347,7 @@ def _generated_ahead(generate: Callable[[], Iterator[StreamBlock]]) -> Iterator[
                 raise item
             block, ready = item
             if ready is not None:
-                consumer = torch.cuda.current_stream()
+                consumer = torch.cuda.current_stream(device)
                 consumer.wait_event(ready)
                 block.video.record_stream(consumer)
                 block.audio.record_stream(consumer)

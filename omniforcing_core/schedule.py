@@ -53,10 +53,15 @@ PRESETS = {
 }
 
 
-def preset_sigmas(name: str) -> list[float]:
+def preset_sigmas(name: str) -> tuple[float, ...]:
     if name not in PRESETS:
         raise ScheduleError(f"unknown schedule preset {name!r}; choose one of {sorted(PRESETS)}")
-    return sigmas_from_timesteps(PRESETS[name])
+    return tuple(sigmas_from_timesteps(PRESETS[name]))
+
+
+def resolve_schedule(spec: str) -> tuple[float, ...]:
+    """A preset name, or a user's list of sigmas or timesteps (see ``parse_sigma_list``)."""
+    return preset_sigmas(spec) if spec in PRESETS else parse_sigma_list(spec)
 
 
 def validate_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:

@@ -74,6 +74,7 @@ class _GeluProjection(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int):
         super().__init__()
+        # The Identity keeps the checkpoint's key for the output layer: net.2.
         self.net = nn.Sequential(_GeluProjection(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -328,15 +329,33 @@ class AVTransformer(nn.Module):
             )
         return count
 
-    def encode_text(self, text: TextConditioning) -> TextKV:
-        """Project the prompt and compute every layer's text keys and values once."""
+    def encode_text(self, text: TextConditioning, into: TextKV | None = None) -> TextKV:
+        """Project the prompt and compute every layer's text keys and values once.
+
+        ``into``: the keys/values of the previous prompt; when the shapes match they are
+        overwritten in place (prompt switches and blends reuse the memory).
+        """
         text.validate(self.config.caption_channels)
         weight = self.patchify_proj.weight
         video_ctx = self.caption_projection(text.video.to(weight.device, weight.dtype))
         audio_ctx = self.audio_caption_projection(text.audio.to(weight.device, weight.dtype))
-        video = torch.stack([torch.stack(layer.attn2.key_value(video_ctx)) for layer in self.transformer_blocks])
-        audio = torch.stack([torch.stack(layer.audio_attn2.key_value(audio_ctx)) for layer in self.transformer_blocks])
         mask = None if text.mask is None else text.mask.to(weight.device).bool()[:, None, None, :]
+        batch, tokens = video_ctx.shape[:2]
+        c = self.config
+        shapes = (
+            (c.num_layers, 2, batch, c.video_heads, tokens, c.video_head_dim),
+            (c.num_layers, 2, batch, c.audio_heads, tokens, c.audio_head_dim),
+        )
+        if into is not None and (tuple(into.video.shape), tuple(into.audio.shape)) == shapes:
+            video, audio = into.video, into.audio
+        else:
+            video = video_ctx.new_empty(shapes[0])
+            audio = audio_ctx.new_empty(shapes[1])
+        for index, layer in enumerate(self.transformer_blocks):
+            for target, attention, context in ((video, layer.attn2, video_ctx), (audio, layer.audio_attn2, audio_ctx)):
+                keys, values = attention.key_value(context)
+                target[index, 0].copy_(keys)
+                target[index, 1].copy_(values)
         return TextKV(video, audio, mask)
 
     def _modulation(

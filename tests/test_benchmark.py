@@ -34,3 +34,10 @@ def test_sync_counter_sees_host_reads():
         torch.ones(3).sum().item()
         float(torch.ones(()))
     assert counter.count == 2
+
+
+def test_paper_layout_counts_its_prefix_block(capsys):
+    main(["--preset", "tiny", "--blocks", "3", "--layout", "paper", "--warmup", "1", "--device", "cpu", "--threads", "1"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["blocks"] == 3 and len(result["block_s"]["denoise"]) == 3  # prefix + 2 seconds
+    assert result["host_syncs"] == 0

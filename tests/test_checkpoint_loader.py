@@ -14,7 +14,7 @@ from helpers import GOLDEN, golden_vectors, random_model, random_text
 from omniforcing_core import AVTransformer, BlockLayout, ModelConfig, TextConditioning
 from omniforcing_core.checkpoint import CheckpointError, FP8Linear, load_model, open_checkpoint, save_checkpoint
 from omniforcing_core.checkpoint.detect import detect_config
-from omniforcing_core.checkpoint.keys import expected_tensors
+from omniforcing_core.checkpoint import expected_tensors
 from checkpoint_support import no_data_reads, outputs, relative_error, rounded_like_file, tiny  # noqa: F401
 
 PREFIXES = ["model.", "model.velocity_model.", "model.diffusion_model."]
@@ -336,7 +336,7 @@ def test_integer_tensor_and_bad_scale_are_refused(tmp_path, models, no_data_read
 def test_room_is_checked_before_loading(tmp_path, models, monkeypatch, no_data_reads):
     from omniforcing_core.checkpoint import loader
 
-    monkeypatch.setattr(loader, "_available_host_memory", lambda: 1000)
+    monkeypatch.setattr(loader, "available_host_memory", lambda: 1000)
     path = save_checkpoint(tmp_path / "g.safetensors", models[0])[0]
     with pytest.raises(CheckpointError, match="only 0.0 GiB of host memory is free"):
         load_model(path)
@@ -374,7 +374,7 @@ def real_19b_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def test_19b_preset_has_exactly_the_real_transformer_keys():
-    assert expected_tensors(ModelConfig.ltx2_19b()) == real_19b_shapes()
+    assert expected_tensors(AVTransformer, ModelConfig.ltx2_19b()) == real_19b_shapes()
 
 
 @pytest.mark.parametrize("section", [None, TEACHER_SECTION | {

@@ -96,3 +96,11 @@ def test_an_error_while_generating_reaches_the_consumer(decoders):
     with pytest.raises(RuntimeError, match="noise source broke at block 1"):
         next(stream)
     assert sampler.cache is None
+
+
+def test_a_grid_the_video_decoder_cannot_decode_is_refused_before_streaming(decoders):
+    model = random_model()
+    sampler = StreamingSampler(model, BlockLayout.released())
+    with pytest.raises(ValueError, match="at least 2 x 2 latent cells"):
+        sampler.stream(random_text(model.config), 2, 32, 96, decoder=AVStreamDecoder(*decoders))
+    assert sampler.cache is None

@@ -136,7 +136,7 @@ def test_loader_detects_and_shows_the_architecture(bridge):
     model, ui = load_tiny()
     info = ui["text"][0]
     assert "layout: released" in info and "audio sink tokens: 0" in info and "layers: 2" in info
-    assert model.compute_dtype == torch.float32  # auto on the CPU
+    assert model.pipeline.transformer.patchify_proj.weight.dtype == torch.float32  # auto on the CPU
     assert model.pipeline.transformer.config.caption_channels == 32
 
 
@@ -297,10 +297,20 @@ def test_saved_prompt_context_feeds_the_standalone_command(bridge):
     prompt = conditioning(seed=4)
     ui = node("OmniForcingSavePromptContext").save(prompt, "omniforcing/prompt")["ui"]
     saved = bridge.output_dir() / ui["text"][0]
-    assert saved.name == "prompt_00001.safetensors"
+    assert saved.name == "prompt.safetensors"
     text = load_text_conditioning(saved, 32)
     assert torch.equal(text.video, prompt[0][0][..., :32]) and torch.equal(text.audio, prompt[0][0][..., 32:])
     again = node("OmniForcingSavePromptContext").save(prompt, "omniforcing/prompt")["ui"]["text"][0]
-    assert again.endswith("prompt_00002.safetensors")
+    assert again.endswith("prompt_2.safetensors")
     with pytest.raises(ValueError, match="inside the output folder"):
         node("OmniForcingSavePromptContext").save(prompt, "../../etc/prompt")
+
+
+def test_an_image_output_the_host_cannot_hold_is_refused_before_streaming(bridge, monkeypatch):
+    from nodes import sampler as sampler_node
+
+    model, _ = load_tiny()
+    monkeypatch.setattr(sampler_node, "available_host_memory", lambda: 10 * 2**20)
+    with pytest.raises(MemoryError, match=r"needs 0\.1 GiB for 73 frames at 384x256, but only 0\.0 GiB"):
+        node("OmniForcingStreamingSampler").sample(model, conditioning(), 384, 256, 3, 0, "full")
+    assert bridge.events == []

@@ -206,13 +206,14 @@ def test_prompt_switch_at_a_block_boundary():
     used_text = {}
     switched = []
     for block in sampler.stream(first, 4, HEIGHT, WIDTH, seed=3, prompt_schedule=[PromptSwitch(2, second)]):
-        used_text[block.index] = sampler.cache.text
+        # The text keys are rewritten in place at a switch: keep a copy of each block's.
+        used_text[block.index] = (sampler.cache.text.video.clone(), sampler.cache.text.audio.clone())
         switched.append((block.video, block.audio))
     assert all(torch.equal(plain[k][0], switched[k][0]) for k in (0, 1))
     assert all((plain[k][0] - switched[k][0]).abs().max() > 1e-4 for k in (2, 3))
     expected = model.encode_text(second)
-    assert torch.equal(used_text[2].video, expected.video) and torch.equal(used_text[3].audio, expected.audio)
-    assert torch.equal(used_text[1].video, model.encode_text(first).video)
+    assert torch.equal(used_text[2][0], expected.video) and torch.equal(used_text[3][1], expected.audio)
+    assert torch.equal(used_text[1][0], model.encode_text(first).video)
 
 
 def test_prompt_blend_over_blocks():
@@ -221,7 +222,7 @@ def test_prompt_blend_over_blocks():
     first, second = random_text(model.config, seed=1), random_text(model.config, seed=2)
     used = {}
     for block in sampler.stream(first, 5, HEIGHT, WIDTH, prompt_schedule=[PromptSwitch(1, second, blend_blocks=2)]):
-        used[block.index] = sampler.cache.text.video
+        used[block.index] = sampler.cache.text.video.clone()
     assert torch.allclose(used[1], model.encode_text(first.lerp(second, 1 / 3)).video)
     assert torch.allclose(used[2], model.encode_text(first.lerp(second, 2 / 3)).video)
     assert torch.equal(used[3], model.encode_text(second).video)
@@ -298,3 +299,53 @@ def test_rebased_positions_stay_inside_the_window_and_equal_absolute_until_it_fi
     assert all(torch.equal(a[k][0], r[k][0]) for k in range(5))
     assert (a[5][0] - r[5][0]).abs().max() > 1e-5
     assert all(torch.isfinite(video).all() for video, _ in r)
+
+
+def test_a_switch_inside_another_switchs_blend_is_refused():
+    model = random_model()
+    sampler = StreamingSampler(model, BlockLayout.released())
+    first, second, third = (random_text(model.config, seed=s) for s in (1, 2, 3))
+    with pytest.raises(StreamSettingsError, match="starts before the switch at block 2 has finished"):
+        sampler.stream(first, 8, HEIGHT, WIDTH, prompt_schedule=[PromptSwitch(2, second, 3), PromptSwitch(4, third)])
+    longer = random_text(model.config, tokens=12, seed=4)
+    with pytest.raises(StreamSettingsError, match="blends between contexts of different shapes"):
+        sampler.stream(first, 8, HEIGHT, WIDTH, prompt_schedule=[PromptSwitch(2, longer, 2)])
+    assert [b.index for b in sampler.stream(first, 3, HEIGHT, WIDTH, prompt_schedule=[PromptSwitch(1, longer)])] == [0, 1, 2]
+
+
+def test_two_streams_on_one_sampler_keep_their_own_caches():
+    model = random_model()
+    sampler = StreamingSampler(model, BlockLayout.released())
+    text = random_text(model.config)
+    solo = _collect(sampler, text, seconds=3, seed=1)
+    a = sampler.stream(text, 3, HEIGHT, WIDTH, seed=1)
+    b = sampler.stream(text, 3, HEIGHT, WIDTH, seed=2)
+    interleaved = [next(a), next(b), next(a)]
+    a.close()
+    assert next(b).index == 1  # closing one stream leaves the other running
+    assert torch.equal(interleaved[0].video, solo[0][0]) and torch.equal(interleaved[2].video, solo[1][0])
+
+
+def test_should_stop_ends_the_stream_within_a_pass():
+    model = random_model()
+    sampler = StreamingSampler(model, BlockLayout.released())
+    calls = []
+
+    def stop_during_block_one():
+        calls.append(1)
+        return len(calls) > 7  # block 0 asks 5 times, block 1 stops on its third pass
+
+    blocks = list(sampler.stream(random_text(model.config), 5, HEIGHT, WIDTH, should_stop=stop_during_block_one))
+    assert [b.index for b in blocks] == [0] and len(calls) == 8
+    assert sampler.cache is None
+
+
+def test_blending_keeps_tokens_either_prompt_uses():
+    config = ModelConfig.tiny()
+    short = TextConditioning(torch.zeros(1, 4, 32), torch.zeros(1, 4, 32), torch.tensor([[1, 1, 0, 0]]))
+    long = TextConditioning(torch.ones(1, 4, 32), torch.ones(1, 4, 32), torch.tensor([[1, 1, 1, 0]]))
+    blended = short.lerp(long, 0.25)
+    assert blended.mask.tolist() == [[True, True, True, False]]
+    assert torch.allclose(blended.video, torch.full((1, 4, 32), 0.25))
+    assert TextConditioning(torch.zeros(1, 4, 32), torch.zeros(1, 4, 32)).lerp(long, 0.5).mask is None
+    short.validate(config.caption_channels)

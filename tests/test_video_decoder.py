@@ -7,22 +7,18 @@ import json
 import pytest
 import torch
 
+from omniforcing_core.checkpoint import expected_tensors
 from omniforcing_core.config import ConfigError
 from omniforcing_core.decoders.latent_preview import LatentPreview
-from omniforcing_core.decoders.video_stream import (
-    STREAMING_TOLERANCE,
-    VideoStreamDecoder,
-    exact_lookahead_latents,
-)
-from omniforcing_core.decoders.video_vae import (
-    DecoderBlock,
-    VideoVAE,
-    VideoVAEConfig,
-    video_vae_tensor_shapes,
-)
+from omniforcing_core.decoders.video_stream import VideoStreamDecoder, exact_lookahead_latents
+from omniforcing_core.decoders.video_vae import DecoderBlock, VideoVAE, VideoVAEConfig
 from omniforcing_core.layout import BlockLayout
 
 GRID = (2, 3)  # latent cells: 64 x 96 pixels
+# Bounds on |streamed - whole-clip| frames in [0, 1] for the tiny preset's L=0 stream: the
+# table in video_stream's docstring (worst mean 0.107, worst p99 0.47), with margin.
+STREAMING_MEAN_ABS = 0.12
+STREAMING_P99_ABS = 0.5
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -106,7 +102,7 @@ def expected_19b_tensors(timestep_conditioning: bool) -> dict[str, tuple[int, ..
 @pytest.mark.parametrize("conditioned, count", [(False, 95), (True, 137)])
 def test_19b_preset_has_the_checkpoint_tensor_names_and_shapes(conditioned, count):
     config = VideoVAEConfig.ltx2_19b(timestep_conditioning=conditioned)
-    shapes = video_vae_tensor_shapes(config)
+    shapes = expected_tensors(VideoVAE, config)
     assert len(shapes) == count
     assert shapes == expected_19b_tensors(conditioned)
     assert shapes["decoder.conv_in.conv.weight"] == (1024, 128, 3, 3, 3)
@@ -244,8 +240,8 @@ def test_streamed_blocks_stay_within_the_documented_bound(layout_name, num_block
     spans = [span.pixel_interval for span in layout.iter_blocks(num_blocks)]
     assert [p.shape[0] for p in pieces] == [end - start for start, end in spans] + [0]
     difference = (torch.cat(pieces) - reference).abs()
-    assert difference.mean() <= STREAMING_TOLERANCE.mean_abs
-    assert torch.quantile(difference.flatten(), 0.99) <= STREAMING_TOLERANCE.p99_abs
+    assert difference.mean() <= STREAMING_MEAN_ABS
+    assert torch.quantile(difference.flatten(), 0.99) <= STREAMING_P99_ABS
     assert difference.max() > 1e-3  # the block-end approximation is real, not a silent whole-clip decode
 
     lookahead = exact_lookahead_latents(vae.config)

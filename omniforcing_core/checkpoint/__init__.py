@@ -12,10 +12,10 @@
 from .components import LoadedDecoders, load_decoders
 from .detect import OVERRIDE_KEYS
 from .fp8 import FP8Linear, dequantize_fp8, quantize_fp8
-from .keys import describe_keys, expected_tensors, find_transformer_prefix
-from .loader import LoadedModel, LoadReport, SourceSummary, load_model, resolve_dtype
-from .materialize import load_module_weights
-from .reader import Checkpoint, CheckpointError, TensorInfo, list_checkpoints, open_checkpoint
+from .keys import describe_keys, find_transformer_prefix
+from .loader import LoadedModel, LoadReport, SourceSummary, load_model
+from .materialize import expected_tensors, load_module_weights
+from .reader import Checkpoint, CheckpointError, TensorInfo, list_checkpoints, open_checkpoint, resolve_dtype
 from .writer import block_linear_weights, save_checkpoint
 
 __all__ = [

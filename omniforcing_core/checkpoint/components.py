@@ -25,9 +25,8 @@ from ..decoders.video_vae import CHECKPOINT_PREFIX as VIDEO_VAE_PREFIX
 from ..decoders.video_vae import VideoVAE, VideoVAEConfig
 from ..decoders.vocoder import CHECKPOINT_PREFIX as VOCODER_PREFIX
 from ..decoders.vocoder import Vocoder, VocoderConfig
-from .loader import resolve_dtype
 from .materialize import ModuleWeights, check_module_weights
-from .reader import Checkpoint, CheckpointError, open_checkpoint
+from .reader import Checkpoint, CheckpointError, open_checkpoint, resolve_dtype
 
 _BASE_FILE_HINT = (
     "the LTX-2 base checkpoint (ltx-2-19b-*.safetensors) holds the decoders; the OmniForcing "

@@ -41,7 +41,7 @@ class FP8Linear(nn.Module):
         return out if self.bias is None else out + self.bias.to(x.dtype)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return (self.weight.float() * self.weight_scale.float()).to(dtype)
+        return dequantize_fp8(self.weight, self.weight_scale, dtype)
 
     def extra_repr(self) -> str:
         return (

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import ModelConfig
-from ..transformer import AVTransformer
 from .reader import CheckpointError
 
 TRANSFORMER_MARKER = "adaln_single.emb.timestep_embedder.linear_1.bias"
@@ -138,13 +136,6 @@ def block_indices(names: Iterable[str]) -> list[int]:
 
 
 # The transformer the weights must fill ---------------------------------------------
-
-
-def expected_tensors(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Bare transformer key -> shape, for a config (built on the meta device: no memory)."""
-    with torch.device("meta"):
-        model = AVTransformer(config)
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
 
 
 def linear_weight_names(model: torch.nn.Module) -> set[str]:

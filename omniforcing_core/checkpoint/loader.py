@@ -42,33 +42,19 @@ from .keys import (
     linear_weight_names,
     summarize_names,
 )
-from .materialize import TensorRead, assign_tensor, materialize
-from .reader import DTYPE_ALIASES, Checkpoint, CheckpointError, TensorInfo, open_checkpoint
+from .materialize import TensorRead, assign_tensor, materialize, tensor_shapes
+from ..host import available_host_memory
+from .reader import Checkpoint, CheckpointError, TensorInfo, open_checkpoint, resolve_dtype
 
 GENERATOR = "generator"
 BASE = "base"
-
-
-
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """The compute dtype: torch.float32/bfloat16/float16 or 'fp32'/'bf16'/'fp16'."""
-    resolved = DTYPE_ALIASES.get(dtype.lower()) if isinstance(dtype, str) else dtype
-    if resolved not in (torch.float32, torch.bfloat16, torch.float16):
-        raise CheckpointError(
-            f"dtype {dtype!r} is not a compute dtype; use fp32, bf16 or fp16 (fp8 files keep their "
-            "fp8 weights and compute in this dtype)"
-        )
-    return resolved
 
 
 @dataclass(frozen=True)
 class SourceSummary:
     role: str
     path: Path
-    files: tuple[Path, ...]
     prefix: str
-    tensors: int
-    nbytes: int
 
 
 @dataclass
@@ -129,17 +115,11 @@ class _Source:
     def label(self) -> str:
         return f"{self.role} {self.checkpoint.path}"
 
-    def file_of(self, name: str) -> Path:
-        return self.checkpoint.info(self.keys.transformer[name]).file
-
     def info(self, name: str) -> TensorInfo:
         return self.checkpoint.info(self.keys.transformer[name])
 
     def summary(self) -> SourceSummary:
-        return SourceSummary(
-            self.role, self.checkpoint.path, tuple(self.checkpoint.file_paths), self.keys.prefix,
-            len(self.checkpoint), self.checkpoint.nbytes,
-        )
+        return SourceSummary(self.role, self.checkpoint.path, self.keys.prefix)
 
 
 def _open_source(role: str, path: str | os.PathLike, stack: ExitStack) -> _Source:
@@ -228,7 +208,8 @@ def _plan(generator: _Source, base: _Source | None, overrides: dict[str, Any], d
                 f"cannot detect the architecture: transformer tensor '{name}' is in neither "
                 + " nor ".join(s.label for s in sources)
             )
-        return owner[name].info(name).shape, str(owner[name].file_of(name))
+        info = owner[name].info(name)
+        return info.shape, str(info.file)
 
     layers_from = generator if block_indices(generator.keys.transformer) else (base or generator)
     indices = block_indices(layers_from.keys.transformer)
@@ -254,7 +235,7 @@ def _plan(generator: _Source, base: _Source | None, overrides: dict[str, Any], d
                         config_source=f"{section_source} + tensor shapes", layout_reason=layout_reason, notes=notes)
     with torch.device("meta"):
         model = AVTransformer(config)
-    expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    expected = tensor_shapes(model)
     linears = linear_weight_names(model)
     missing = [name for name in expected if name not in owner]
     if missing:
@@ -342,7 +323,7 @@ def _check_room(nbytes: int, device: torch.device) -> None:
         free, _ = torch.cuda.mem_get_info(device)
         where = f"{device}"
     elif device.type == "cpu":
-        free = _available_host_memory()
+        free = available_host_memory()
         where = "host memory"
     else:
         return
@@ -351,14 +332,3 @@ def _check_room(nbytes: int, device: torch.device) -> None:
             f"the model needs {nbytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of {where} is free; "
             "free memory, use an fp8 checkpoint, or load to another device"
         )
-
-
-def _available_host_memory() -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

@@ -8,8 +8,9 @@ the weights exist.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +41,18 @@ class TensorRead:
     def file_order(self) -> tuple[str, int]:
         info = self.checkpoint.info(self.key)
         return str(info.file), info.begin
+
+
+def tensor_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every tensor of ``module``'s state dict, by name, with its shape."""
+    return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+
+
+def expected_tensors(module_type: Callable[[Any], nn.Module], config: Any) -> dict[str, tuple[int, ...]]:
+    """The tensors ``module_type(config)`` loads, by state-dict name (without a file prefix),
+    with their shapes; the module is built on the meta device, so this costs no memory."""
+    with torch.device("meta"):
+        return tensor_shapes(module_type(config))
 
 
 def assign_tensor(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -102,7 +115,7 @@ def check_module_weights(
     the component that are not built) are skipped either way. Every problem is named
     in one error. Nothing is read: that is ``load``.
     """
-    expected = {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
+    expected = tensor_shapes(module)
     available = {
         key[len(prefix):]: key for key in checkpoint.group(prefix)
         if key[len(prefix):] in expected or not key[len(prefix):].startswith(ignore)

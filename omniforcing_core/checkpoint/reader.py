@@ -20,12 +20,14 @@ import json
 import mmap
 import os
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .fp8 import FP8_DTYPES
 
 
 class CheckpointError(ValueError):
@@ -57,6 +59,26 @@ DTYPE_ALIASES: dict[str, torch.dtype] = {
     "fp16": torch.float16, "float16": torch.float16,
     "fp8": torch.float8_e4m3fn, "float8_e4m3fn": torch.float8_e4m3fn,
 }
+# The dtypes a model computes in (an fp8 file keeps its fp8 weights and computes in one of these).
+COMPUTE_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16})
+
+
+def resolve_dtype(dtype: torch.dtype | str, allowed: Collection[torch.dtype] = COMPUTE_DTYPES) -> torch.dtype:
+    """``dtype`` as a torch.dtype, given as one or by name ('bf16', 'float16', 'fp8', ...);
+    it must be one of ``allowed`` (by default the compute dtypes fp32, bf16 and fp16)."""
+    resolved = DTYPE_ALIASES.get(dtype.lower()) if isinstance(dtype, str) else dtype
+    if resolved not in allowed:
+        names: dict[torch.dtype, str] = {}
+        for name, known in DTYPE_ALIASES.items():
+            if known in allowed:
+                names.setdefault(known, name)
+        hint = (
+            " (fp8 files keep their fp8 weights and compute in the dtype chosen here)"
+            if resolved in FP8_DTYPES and not any(known in allowed for known in FP8_DTYPES) else ""
+        )
+        raise CheckpointError(f"dtype {dtype!r} cannot be used here; use one of {', '.join(names.values())}{hint}")
+    return resolved
+
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 # The safetensors reference implementation refuses larger headers; so do we, before
@@ -273,12 +295,9 @@ class Checkpoint:
     ``close()``; tensors returned by ``read`` stay valid after closing.
     """
 
-    def __init__(self, path: Path, files: list[SafetensorsFile], index_path: Path | None = None,
-                 index_metadata: Mapping[str, Any] | None = None):
+    def __init__(self, path: Path, files: list[SafetensorsFile]):
         self.path = path
         self.files = files
-        self.index_path = index_path
-        self.index_metadata = dict(index_metadata or {})
         self.metadata: dict[str, str] = {}
         for file in files:
             for key, value in file.metadata.items():
@@ -320,14 +339,6 @@ class Checkpoint:
     def group(self, prefix: str) -> list[str]:
         """Keys starting with ``prefix`` (e.g. ``"vae.decoder."``)."""
         return [key for key in self._where if key.startswith(prefix)]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(info.nbytes for info in self.infos())
-
-    @property
-    def file_paths(self) -> list[Path]:
-        return [file.path for file in self.files]
 
     def config(self) -> dict[str, Any] | None:
         """The parsed ``config`` metadata JSON, or None if the files carry none."""
@@ -440,8 +451,7 @@ def _open_index(index_path: Path) -> Checkpoint:
                 f"{index_path}: the index puts tensor '{key}' in shard '{name}', but that shard does not "
                 f"hold it; the index and the shards do not belong together"
             )
-    metadata = index.get("metadata") if isinstance(index.get("metadata"), dict) else {}
-    return Checkpoint(index_path, list(shards.values()), index_path=index_path, index_metadata=metadata)
+    return Checkpoint(index_path, list(shards.values()))
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[str]:

@@ -25,8 +25,9 @@ from ..config import ModelConfig
 from ..layout import BlockLayout, LayoutError
 from .fp8 import FP8_DTYPES, dequantize_fp8, fp8_scale, quantize_fp8
 from .keys import LAYOUT_METADATA
-from .reader import DTYPE_ALIASES, DTYPE_NAMES, INDEX_SUFFIX, CheckpointError
+from .reader import COMPUTE_DTYPES, DTYPE_NAMES, INDEX_SUFFIX, CheckpointError, resolve_dtype
 
+SAVE_DTYPES = COMPUTE_DTYPES | {torch.float8_e4m3fn}
 _BLOCK_LINEAR_WEIGHT = re.compile(r"^transformer_blocks\.\d+\..+\.weight$")
 
 
@@ -86,7 +87,7 @@ def save_checkpoint(
     path = Path(path).expanduser()
     if not path.name.endswith(".safetensors"):
         raise CheckpointError(f"{path}: the file name must end with .safetensors")
-    target = _resolve_dtype(dtype)
+    target = None if dtype is None else resolve_dtype(dtype, SAVE_DTYPES)
     if isinstance(weights, nn.Module):
         if config is None and isinstance(getattr(weights, "config", None), ModelConfig):
             config = weights.config
@@ -147,15 +148,6 @@ def save_checkpoint(
         for temporary, _ in temporaries:
             temporary.unlink(missing_ok=True)
     return finals
-
-
-def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    if dtype is None:
-        return None
-    resolved = DTYPE_ALIASES.get(dtype.lower()) if isinstance(dtype, str) else dtype
-    if resolved not in (torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn):
-        raise CheckpointError(f"cannot save in dtype {dtype!r}; use fp32, bf16, fp16 or fp8")
-    return resolved
 
 
 def _transformer_entries(weights: Mapping[str, torch.Tensor], prefix: str, target: torch.dtype | None,

@@ -65,14 +65,13 @@ class AudioChunk:
     """Waveform samples [start_sample, start_sample + num_samples) of a stream.
 
     ``waveform`` is float32 [B, channels, samples] in [-1, 1]; ``mel`` is the pushed
-    block's decoded log-mel [B, channels, frames, 64] (None for a flush; with a
-    lookahead the samples lag the mel by the held-back frames).
+    block's decoded log-mel [B, channels, frames, 64] in the audio VAE's dtype (None for
+    a flush; with a lookahead the samples lag the mel by the held-back frames).
     """
 
     waveform: torch.Tensor
     sample_rate: int
     start_sample: int
-    block_index: int | None
     mel: torch.Tensor | None
 
     @property
@@ -84,24 +83,12 @@ class AudioChunk:
         return self.start_sample + self.num_samples
 
     @property
-    def start_seconds(self) -> float:
-        return self.start_sample / self.sample_rate
-
-    @property
     def duration_seconds(self) -> float:
         return self.num_samples / self.sample_rate
 
-    def to_waveform(self, batch_index: int = 0, *, mono: bool = False) -> tuple[torch.Tensor, int]:
-        """(float32 CPU waveform [channels, samples], sample rate) of one batch item.
-
-        ``mono`` averages the channels into one: [1, samples].
-        """
-        if not -self.waveform.shape[0] <= batch_index < self.waveform.shape[0]:
-            raise IndexError(f"batch_index {batch_index} out of range for a batch of {self.waveform.shape[0]}")
-        waveform = self.waveform[batch_index].float()
-        if mono:
-            waveform = waveform.mean(dim=0, keepdim=True)
-        return waveform.detach().cpu().contiguous(), self.sample_rate
+    def to_waveform(self) -> tuple[torch.Tensor, int]:
+        """(float32 CPU waveform [channels, samples], sample rate) of the first batch item."""
+        return self.waveform[0].float().detach().cpu().contiguous(), self.sample_rate
 
 
 def _raised_cosine_fade_out(length: int, like: torch.Tensor) -> torch.Tensor:
@@ -235,7 +222,6 @@ class StreamingAudioDecoder:
     def reset(self) -> None:
         self._vae_state = CausalDecodeState()
         self.vocoder_stream.reset()
-        self._blocks_pushed = 0
 
     @property
     def sample_rate(self) -> int:
@@ -273,21 +259,19 @@ class StreamingAudioDecoder:
         mel = self.audio_vae(tokens, self._vae_state)
         start = self.vocoder_stream.samples_emitted
         waveform = self.vocoder_stream.push(mel, final=final)
-        block_index = span.index if span is not None else self._blocks_pushed
-        self._blocks_pushed += 1
-        return AudioChunk(waveform, self.sample_rate, start, block_index, mel.float())
+        return AudioChunk(waveform, self.sample_rate, start, mel)
 
     def finish(self) -> AudioChunk:
         """The samples still held back (empty with ``lookahead_frames=0``); ends the stream."""
         start = self.vocoder_stream.samples_emitted
-        return AudioChunk(self.vocoder_stream.finish(), self.sample_rate, start, None, None)
+        return AudioChunk(self.vocoder_stream.finish(), self.sample_rate, start, None)
 
 
 @torch.no_grad()
 def decode_audio_clip(audio_vae: AudioVAEDecoder, vocoder: Vocoder, tokens: torch.Tensor) -> AudioChunk:
     """Decode a whole clip at once (the reference the stream is measured against)."""
     mel = audio_vae(tokens)
-    return AudioChunk(vocoder(mel).float(), vocoder.sample_rate, 0, None, mel.float())
+    return AudioChunk(vocoder(mel).float(), vocoder.sample_rate, 0, mel)
 
 
 def _check_latent_clock(audio_vae: AudioVAEDecoder, vocoder: Vocoder) -> None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
-from ..layout import MEL_HOP, MEL_SAMPLE_RATE
+from ..layout import MEL_HOP, MEL_SAMPLE_RATE, latent_interval
 
 CHECKPOINT_PREFIX = "audio_vae."
 _STATISTICS_NAMES = ("mean-of-means", "std-of-means")
@@ -106,7 +106,7 @@ class AudioVAEConfig:
 
     def mel_frames(self, latent_frames: int) -> int:
         """Mel frames decoded from ``latent_frames`` latents at the start of a stream."""
-        return max(self.time_compression * latent_frames - (self.time_compression - 1), 0)
+        return latent_interval(latent_frames - 1, self.time_compression)[1]
 
     # Presets ---------------------------------------------------------------------
 
@@ -212,12 +212,6 @@ class AudioVAEConfig:
         except (TypeError, ValueError) as error:
             raise ConfigError(f"audio_vae metadata holds a value of the wrong type: {error}") from error
         return cls(**values)
-
-    def expected_tensors(self, prefix: str = CHECKPOINT_PREFIX) -> dict[str, tuple[int, ...]]:
-        """Checkpoint tensor names (with ``prefix``) and shapes the decoder needs."""
-        with torch.device("meta"):
-            module = AudioVAEDecoder(self)
-        return {prefix + name: tuple(t.shape) for name, t in module.state_dict().items()}
 
     def describe(self) -> str:
         return (
@@ -405,11 +399,6 @@ class PerChannelStatistics(nn.Module):
         std = self.get_buffer("std-of-means").to(tokens)
         mean = self.get_buffer("mean-of-means").to(tokens)
         return tokens * std + mean
-
-    def normalize(self, tokens: torch.Tensor) -> torch.Tensor:
-        std = self.get_buffer("std-of-means").to(tokens)
-        mean = self.get_buffer("mean-of-means").to(tokens)
-        return (tokens - mean) / std
 
 
 # The decoder -----------------------------------------------------------------------

@@ -56,6 +56,11 @@ class AVStreamDecoder:
     def sample_rate(self) -> int:
         return self.audio.sample_rate
 
+    def check_grid(self, grid_hw: tuple[int, int]) -> None:
+        """Refuse, before a stream starts, a latent grid the video decoder cannot decode."""
+        if self.preview is None:
+            self.video.vae.check_grid(grid_hw)
+
     def reset(self) -> None:
         self.video.reset()
         self.audio.reset()

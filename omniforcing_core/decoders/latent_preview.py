@@ -6,11 +6,11 @@ a block's preview has the same frame count and size as its decode. That costs a 
 hundred multiply-adds per latent cell instead of the VAE's billions.
 
 It is approximate by construction: a linear map cannot render texture or motion within
-a latent's 8 frames, only the coarse colour layout. The default map is a fixed random
-projection, a visual sketch that tells regions apart but not their true colours;
-:meth:`LatentPreview.fit` learns the map from one decoded clip (for example the
-stream's first block) by least squares, which gives roughly the right colours. The
-full VAE decode stays the reference output.
+a latent's 8 frames, only the coarse colour layout. The stream's preview (the pipeline's
+``preview`` decode) uses :meth:`LatentPreview.sketch`, a fixed random projection: a
+visual sketch that tells regions apart but not their true colours. Given latents and
+their decoded frames, :meth:`LatentPreview.fit` learns the map by least squares, which
+gives roughly the right colours. The full VAE decode stays the reference output.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ class LatentPreview:
         pooled = F.avg_pool2d(frames.float().permute(0, 3, 1, 2), SPATIAL_COMPRESSION)  # [n, 3, H, W]
         targets = torch.stack([pooled[a - start:b - start].mean(dim=0) for a, b in spans])  # [f, 3, H, W]
         inputs = latents[0].float().permute(1, 2, 3, 0).reshape(-1, channels)
-        inputs = torch.cat((inputs, torch.ones(inputs.shape[0], 1)), dim=1)
-        outputs = targets.permute(0, 2, 3, 1).reshape(-1, 3)
-        gram = inputs.T @ inputs + ridge * torch.eye(channels + 1)
+        inputs = torch.cat((inputs, inputs.new_ones(inputs.shape[0], 1)), dim=1)
+        outputs = targets.permute(0, 2, 3, 1).reshape(-1, 3).to(inputs.device)
+        gram = inputs.T @ inputs + ridge * torch.eye(channels + 1, device=inputs.device)
         solution = torch.linalg.solve(gram, inputs.T @ outputs)  # [C + 1, 3]
         return cls(solution[:channels].T.contiguous(), solution[channels].contiguous())
 
@@ -71,9 +71,9 @@ class LatentPreview:
             raise ValueError(
                 f"this preview maps {self.weight.shape[1]} channels, the latents have {latents.shape[1]}"
             )
-        weight = self.weight.to(latents.device)
-        bias = self.bias.to(latents.device)
-        colours = torch.einsum("cfhw,kc->fhwk", latents[0].float(), weight) + bias
+        if self.weight.device != latents.device:  # moved once: a stream stays on one device
+            self.weight, self.bias = self.weight.to(latents.device), self.bias.to(latents.device)
+        colours = torch.einsum("cfhw,kc->fhwk", latents[0].float(), self.weight) + self.bias
         return colours.clamp(0.0, 1.0)
 
     def frames(
@@ -87,9 +87,11 @@ class LatentPreview:
         colours = self.rgb(latents).permute(0, 3, 1, 2)  # [f, 3, H, W]
         if spatial_scale != 1:
             colours = F.interpolate(colours, scale_factor=spatial_scale, mode="bilinear", align_corners=False)
+        # Each latent's colours held for the frames it covers; the counts are Python ints,
+        # so this never waits on the device.
         spans = [video_pixel_interval(first_latent + t) for t in range(colours.shape[0])]
-        repeats = torch.tensor([end - start for start, end in spans], device=colours.device)
-        return colours.repeat_interleave(repeats, dim=0).permute(0, 2, 3, 1).clamp(0.0, 1.0)
+        held = [colours[t:t + 1].expand(end - start, -1, -1, -1) for t, (start, end) in enumerate(spans)]
+        return torch.cat(held).permute(0, 2, 3, 1).clamp(0.0, 1.0)
 
 
 def _check_latents(latents: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError
-from ..layout import SPATIAL_COMPRESSION, VIDEO_TIME_COMPRESSION
+from ..layout import SPATIAL_COMPRESSION, VIDEO_TIME_COMPRESSION, latent_interval
 from ..timestep import TimestepEmbedder
 
 CHECKPOINT_PREFIX = "vae."
@@ -308,16 +308,6 @@ class VideoVAEConfig:
 # Temporal chunks -----------------------------------------------------------------
 
 
-def frame_span(first_latent: int, end_latent: int, time_scale: int) -> tuple[int, int]:
-    """Frames [start, end) that latents [first, end) become at ``time_scale`` frames per latent.
-
-    Each temporal upsample drops its first frame, so latent 0 yields one frame at every
-    rate and latent t >= 1 yields ``time_scale`` (the latent clock of layout.py, per layer).
-    """
-    start = max(0, time_scale * first_latent - (time_scale - 1))
-    return start, time_scale * (end_latent - 1) + 1
-
-
 class TemporalChunk:
     """The stretch of the stream one decoder call covers, and the past it continues.
 
@@ -363,7 +353,13 @@ class TemporalChunk:
         return self.first_latent == 0
 
     def committed_frames(self, time_scale: int) -> int:
-        start, end = frame_span(self.first_latent, self.first_latent + self.committed_latents, time_scale)
+        """Frames of the committed latents at ``time_scale`` frames per latent.
+
+        Each temporal upsample drops its first frame at the stream start, so every
+        layer runs the latent clock of layout.py at its own rate.
+        """
+        start = latent_interval(self.first_latent, time_scale)[0]
+        end = latent_interval(self.first_latent + self.committed_latents - 1, time_scale)[1]
         return end - start
 
     def past(self, site: int) -> torch.Tensor | None:
@@ -685,10 +681,14 @@ class VideoVAE(nn.Module):
             )
         if latents.shape[2] != chunk.num_latents:
             raise ValueError(f"the chunk covers {chunk.num_latents} latent frames but got {latents.shape[2]}")
-        if self.config.spatial_padding_mode == "reflect" and min(latents.shape[-2:]) < 2:
+        self.check_grid(tuple(latents.shape[-2:]))
+
+    def check_grid(self, grid_hw: tuple[int, int]) -> None:
+        """Refuse a latent grid (rows, columns) this decoder cannot decode."""
+        if self.config.spatial_padding_mode == "reflect" and min(grid_hw) < 2:
             raise ValueError(
                 f"reflect padding needs at least 2 x 2 latent cells ({2 * SPATIAL_COMPRESSION} px), "
-                f"got {tuple(latents.shape[-2:])}"
+                f"got {tuple(grid_hw)}"
             )
 
 
@@ -697,13 +697,3 @@ def pixels_to_frames(pixels: torch.Tensor) -> torch.Tensor:
     if pixels.dim() != 5 or pixels.shape[0] != 1:
         raise ValueError(f"expected the pixels of one clip, [1, 3, F, H, W], got {tuple(pixels.shape)}")
     return ((pixels[0].float().clamp(-1.0, 1.0) + 1.0) / 2.0).permute(1, 2, 3, 0)
-
-
-# Checkpoint layout ---------------------------------------------------------------
-
-
-def video_vae_tensor_shapes(config: VideoVAEConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor the decoder needs, by name (without ``vae.``), with its shape."""
-    with torch.device("meta"):
-        module = VideoVAE(config)
-    return {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
