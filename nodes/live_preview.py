@@ -104,12 +104,14 @@ class LivePreview:
         """
         self._writer.shutdown(wait=True)
         failed = next((f.exception() for f in self._published if f.exception() is not None), None)
-        if failed is not None and error is None:
+        # Only a stream that otherwise ended well raises the write failure: never mask the first error.
+        raise_failed = failed is not None and not interrupted and error is None
+        if raise_failed:
             error = f"{type(failed).__name__}: {failed}"
         self.bridge.send(events.END, {
             **self.header, "blocks_done": self.blocks_done, "interrupted": interrupted, "error": error,
         })
-        if failed is not None and not interrupted:
+        if raise_failed:
             raise failed
 
     def final_ui(self, waveform: torch.Tensor) -> dict:
