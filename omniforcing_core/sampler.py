@@ -241,17 +241,17 @@ class StreamingSampler:
             if stopped():
                 return None
             video_v, audio_v = self.model.forward_block(video, audio, sigma, block, cache.text)
-            video_x0, audio_x0 = _x0(video, video_v, sigma), _x0(audio, audio_v, sigma)
+            video_x0, audio_x0 = x0_from_velocity(video, video_v, sigma), x0_from_velocity(audio, audio_v, sigma)
             if next_sigma > 0:
                 video_noise, audio_noise = draw(span, step + 1)
-                video, audio = _renoise(video_x0, video_noise, next_sigma), _renoise(audio_x0, audio_noise, next_sigma)
+                video, audio = renoise(video_x0, video_noise, next_sigma), renoise(audio_x0, audio_noise, next_sigma)
         context_sigma = float(self.settings.context_noise)
         context_video, context_audio = video_x0, audio_x0
         if context_sigma > 0:
             # The last step index draws no re-noising noise, so it carries the context noise.
             video_noise, audio_noise = draw(span, len(sigmas) - 1)
-            context_video = _renoise(video_x0, video_noise, context_sigma)
-            context_audio = _renoise(audio_x0, audio_noise, context_sigma)
+            context_video = renoise(video_x0, video_noise, context_sigma)
+            context_audio = renoise(audio_x0, audio_noise, context_sigma)
         if stopped():
             return None
         self.model.forward_block(context_video, context_audio, context_sigma, block, cache.text)
@@ -359,12 +359,12 @@ def _generated_ahead(generate: Callable[[Callable[[], bool]], Iterator[StreamBlo
         worker.join()
 
 
-def _x0(x: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
+def x0_from_velocity(x: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
     """x0 = x - sigma * v, in fp32 whatever the model dtype."""
     return (x.float() - velocity.float() * sigma).to(x.dtype)
 
 
-def _renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+def renoise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
     """The rectified-flow point at ``sigma`` between x0 and fresh noise."""
     return (1 - sigma) * x0 + sigma * noise
 

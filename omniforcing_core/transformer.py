@@ -30,6 +30,7 @@ from .timestep import TimestepEmbedder
 
 if TYPE_CHECKING:
     from .kv_cache import CachedBlock
+    from .layout import BlockSpan
 
 
 class AdaLayerNormSingle(nn.Module):
@@ -174,6 +175,24 @@ class TextKV:
     def nbytes(self) -> int:
         return self.video.nbytes + self.audio.nbytes
 
+    def keys_values(self, stream: str, layer: int, attention: "Attention") -> tuple[torch.Tensor, torch.Tensor]:
+        stored = (self.video if stream == "video" else self.audio)[layer]
+        return stored[0], stored[1]
+
+
+@dataclass(frozen=True)
+class TextContext:
+    """Projected text contexts [B, tokens, width] of both streams; each layer computes its
+    own text keys/values when it runs. This is the training path: FSDP2 shards each
+    layer's weights, so nothing may read them outside that layer's own call."""
+
+    video: torch.Tensor
+    audio: torch.Tensor
+    mask: torch.Tensor | None  # [B, 1, 1, tokens], True = attend
+
+    def keys_values(self, stream: str, layer: int, attention: "Attention") -> tuple[torch.Tensor, torch.Tensor]:
+        return attention.key_value(self.video if stream == "video" else self.audio)
+
 
 @dataclass(frozen=True)
 class _Modulation:
@@ -232,9 +251,10 @@ class AVTransformerLayer(nn.Module):
     def _values(table: torch.Tensor, modulation: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (table.to(modulation.dtype) + modulation).unbind(dim=2)
 
-    def _text_attention(self, attention: Attention, x: torch.Tensor, text_kv: torch.Tensor, mask) -> torch.Tensor:
+    def _text_attention(self, attention: Attention, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                        mask) -> torch.Tensor:
         q = attention.query(rms_norm(x, self.eps))
-        return attention.output(F.scaled_dot_product_attention(q, text_kv[0], text_kv[1], attn_mask=mask))
+        return attention.output(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
 
     def forward(
         self,
@@ -243,7 +263,7 @@ class AVTransformerLayer(nn.Module):
         ax: torch.Tensor,
         mod: _Modulation,
         rope: AVRope,
-        text: TextKV,
+        text: "TextKV | TextContext",
         router: KeyValueRouter,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         eps = self.eps
@@ -256,13 +276,15 @@ class AVTransformerLayer(nn.Module):
         q = self.attn1.query(normed, rope.video_self)
         k, v = self.attn1.key_value(normed, rope.video_self)
         vx = vx + self.attn1.output(router.attend("video_self", index, q, k, v)) * v_gate
-        vx = vx + self._text_attention(self.attn2, vx, text.video[index], text.mask)
+        vx = vx + self._text_attention(self.attn2, vx, *text.keys_values("video", index, self.attn2), text.mask)
 
         normed = rms_norm(ax, eps) * (1 + a_scale) + a_shift
         q = self.audio_attn1.query(normed, rope.audio_self)
         k, v = self.audio_attn1.key_value(normed, rope.audio_self)
         ax = ax + self.audio_attn1.output(router.attend("audio_self", index, q, k, v)) * a_gate
-        ax = ax + self._text_attention(self.audio_attn2, ax, text.audio[index], text.mask)
+        ax = ax + self._text_attention(
+            self.audio_attn2, ax, *text.keys_values("audio", index, self.audio_attn2), text.mask
+        )
 
         # Cross-modal rows: scale/shift for a2v, then for v2a, then the gate.
         video_ca = self._values(self.scale_shift_table_a2v_ca_video[:4], mod.video_cross)
@@ -329,18 +351,23 @@ class AVTransformer(nn.Module):
             )
         return count
 
+    def project_text(self, text: TextConditioning) -> TextContext:
+        """The prompt through the caption projections; layers take their keys from it."""
+        text.validate(self.config.caption_channels)
+        weight = self.patchify_proj.weight
+        video_ctx = self.caption_projection(text.video.to(weight.device, weight.dtype))
+        audio_ctx = self.audio_caption_projection(text.audio.to(weight.device, weight.dtype))
+        mask = None if text.mask is None else text.mask.to(weight.device).bool()[:, None, None, :]
+        return TextContext(video_ctx, audio_ctx, mask)
+
     def encode_text(self, text: TextConditioning, into: TextKV | None = None) -> TextKV:
         """Project the prompt and compute every layer's text keys and values once.
 
         ``into``: the keys/values of the previous prompt; when the shapes match they are
         overwritten in place (prompt switches and blends reuse the memory).
         """
-        text.validate(self.config.caption_channels)
-        weight = self.patchify_proj.weight
-        video_ctx = self.caption_projection(text.video.to(weight.device, weight.dtype))
-        audio_ctx = self.audio_caption_projection(text.audio.to(weight.device, weight.dtype))
-        mask = None if text.mask is None else text.mask.to(weight.device).bool()[:, None, None, :]
-        batch, tokens = video_ctx.shape[:2]
+        context = self.project_text(text)
+        batch, tokens = context.video.shape[:2]
         c = self.config
         shapes = (
             (c.num_layers, 2, batch, c.video_heads, tokens, c.video_head_dim),
@@ -349,14 +376,14 @@ class AVTransformer(nn.Module):
         if into is not None and (tuple(into.video.shape), tuple(into.audio.shape)) == shapes:
             video, audio = into.video, into.audio
         else:
-            video = video_ctx.new_empty(shapes[0])
-            audio = audio_ctx.new_empty(shapes[1])
+            video = context.video.new_empty(shapes[0])
+            audio = context.audio.new_empty(shapes[1])
         for index, layer in enumerate(self.transformer_blocks):
-            for target, attention, context in ((video, layer.attn2, video_ctx), (audio, layer.audio_attn2, audio_ctx)):
-                keys, values = attention.key_value(context)
+            for target, stream, attention in ((video, "video", layer.attn2), (audio, "audio", layer.audio_attn2)):
+                keys, values = context.keys_values(stream, index, attention)
                 target[index, 0].copy_(keys)
                 target[index, 1].copy_(values)
-        return TextKV(video, audio, mask)
+        return TextKV(video, audio, context.mask)
 
     def _modulation(
         self, video_sigma: torch.Tensor, audio_sigma: torch.Tensor, tokens_per_frame: int, dtype: torch.dtype
@@ -393,16 +420,39 @@ class AVTransformer(nn.Module):
         audio: torch.Tensor,
         video_sigma: torch.Tensor,
         audio_sigma: torch.Tensor,
-        text: TextConditioning | TextKV,
+        text: TextConditioning | TextKV | TextContext,
         masks: AVMasks | None = None,
         sink_tokens: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Whole-sequence velocity; sigmas are per latent frame [B, F] or shared [B, 1]."""
+        """Whole-sequence velocity; sigmas are per latent frame [B, F] or shared [B, 1].
+
+        Text given as a prompt is projected here and each layer computes its own keys, so
+        this path also runs on a model sharded layer by layer (training)."""
         _, _, frames, height, width = video.shape
         sinks = self.check_sink_count(sink_tokens)
         rope = av_rope(self.config, 0, frames, (height, width), 0, audio.shape[1], sinks, video.device, video.dtype)
-        text_kv = text if isinstance(text, TextKV) else self.encode_text(text)
-        return self.run(video, audio, video_sigma, audio_sigma, rope, text_kv, SequenceAttention(masks), sinks)
+        if isinstance(text, TextConditioning):
+            text = self.project_text(text)
+        return self.run(video, audio, video_sigma, audio_sigma, rope, text, SequenceAttention(masks), sinks)
+
+    def forward_span(
+        self,
+        video: torch.Tensor,
+        audio: torch.Tensor,
+        sigma: torch.Tensor,
+        span: "BlockSpan",
+        text: TextContext,
+        router: KeyValueRouter,
+        sink_tokens: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Velocity of one block at a shared ``sigma`` [B, 1] with its true stream positions,
+        keys routed by ``router`` (the training rollout's history); sinks ride in block 0."""
+        sinks = sink_tokens if span.index == 0 else 0
+        rope = av_rope(
+            self.config, span.video_start, span.video_frames, tuple(video.shape[-2:]),
+            span.audio_start, span.audio_frames, sinks, video.device, video.dtype,
+        )
+        return self.run(video, audio, sigma, sigma, rope, text, router, sinks)
 
     def forward_block(
         self, video: torch.Tensor, audio: torch.Tensor, sigma: float, block: "CachedBlock", text: TextKV
@@ -418,7 +468,7 @@ class AVTransformer(nn.Module):
         video_sigma: torch.Tensor,
         audio_sigma: torch.Tensor,
         rope: AVRope,
-        text: TextKV,
+        text: TextKV | TextContext,
         router: KeyValueRouter,
         sink_tokens: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
