@@ -1,0 +1,1 @@
+"""OmniForcing distillation engine: teacher, Stage I-III and FSDP2 training (not imported by inference)."""
