@@ -428,6 +428,7 @@ class AVTransformer(nn.Module):
 
         Text given as a prompt is projected here and each layer computes its own keys, so
         this path also runs on a model sharded layer by layer (training)."""
+        video, audio = self._compute_dtype(video, audio)
         _, _, frames, height, width = video.shape
         sinks = self.check_sink_count(sink_tokens)
         rope = av_rope(self.config, 0, frames, (height, width), 0, audio.shape[1], sinks, video.device, video.dtype)
@@ -441,18 +442,28 @@ class AVTransformer(nn.Module):
         audio: torch.Tensor,
         sigma: torch.Tensor,
         span: "BlockSpan",
-        text: TextContext,
+        text: TextConditioning | TextContext,
         router: KeyValueRouter,
         sink_tokens: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocity of one block at a shared ``sigma`` [B, 1] with its true stream positions,
-        keys routed by ``router`` (the training rollout's history); sinks ride in block 0."""
+        keys routed by ``router`` (the training rollout's history); sinks ride in block 0.
+        A prompt is projected inside the call, as a sharded model needs."""
+        video, audio = self._compute_dtype(video, audio)
+        if isinstance(text, TextConditioning):
+            text = self.project_text(text)
         sinks = sink_tokens if span.index == 0 else 0
         rope = av_rope(
             self.config, span.video_start, span.video_frames, tuple(video.shape[-2:]),
             span.audio_start, span.audio_frames, sinks, video.device, video.dtype,
         )
         return self.run(video, audio, sigma, sigma, rope, text, router, sinks)
+
+    def _compute_dtype(self, video: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents in the weights' dtype (sigmas stay fp32): under FSDP2 mixed precision the
+        weights are cast and the inputs are not."""
+        dtype = self.patchify_proj.weight.dtype
+        return video.to(dtype), audio.to(dtype)
 
     def forward_block(
         self, video: torch.Tensor, audio: torch.Tensor, sigma: float, block: "CachedBlock", text: TextKV

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..layout import BlockLayout, BlockSpan
 from ..sampler import NoiseFn, renoise, x0_from_velocity
+from ..conditioning import TextConditioning
 from ..transformer import AVTransformer, TextContext
 
 
@@ -64,7 +65,7 @@ def self_forcing_rollout(
     model: AVTransformer,
     layout: BlockLayout,
     num_blocks: int,
-    text: TextContext,
+    text: TextConditioning | TextContext,
     sigmas: Sequence[float],
     noise: NoiseFn,
     *,
