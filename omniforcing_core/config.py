@@ -9,9 +9,24 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
+from .rope import FREQUENCY_PRECISIONS, ROPE_MIDPOINTS, ROPE_TYPES, STUDENT_ROPE, RopeConventions
+
 
 class ConfigError(ValueError):
     """A configuration value is out of range or contradicts another one."""
+
+
+# The conventions the distilled student was trained with; the LTX-2 teacher's checkpoint
+# metadata says split / float64 / x1000, and ltx-core takes time midpoints in seconds.
+STUDENT_CONVENTIONS: dict[str, Any] = {
+    "rope_type": STUDENT_ROPE.rope_type,
+    "frequencies_precision": STUDENT_ROPE.frequencies_precision,
+    "rope_midpoint": STUDENT_ROPE.midpoint,
+    "av_ca_timestep_scale_multiplier": 1.0,
+}
+# ``from_metadata(conventions=...)``: force the student's, or read the checkpoint's.
+CONVENTIONS = ("student", "checkpoint")
+_CHOICES = {"rope_type": ROPE_TYPES, "frequencies_precision": FREQUENCY_PRECISIONS, "rope_midpoint": ROPE_MIDPOINTS}
 
 
 @dataclass(frozen=True)
@@ -40,9 +55,12 @@ class ModelConfig:
     video_max_pos: tuple[float, float, float] = (20.0, 2048.0, 2048.0)
     audio_max_pos: tuple[float] = (20.0,)
     timestep_scale_multiplier: float = 1000.0
-    # The student was trained with the cross-modal gate seeing sigma itself (x1),
-    # unlike the teacher checkpoint's metadata (x1000).
-    av_ca_timestep_scale_multiplier: float = 1.0
+    # The cross-modal gate AdaLNs see sigma x this: 1 for the student, 1000 for the teacher.
+    av_ca_timestep_scale_multiplier: float = STUDENT_CONVENTIONS["av_ca_timestep_scale_multiplier"]
+    # RoPE conventions (see rope.py); field names are the metadata keys.
+    rope_type: str = STUDENT_CONVENTIONS["rope_type"]
+    frequencies_precision: str = STUDENT_CONVENTIONS["frequencies_precision"]
+    rope_midpoint: str = STUDENT_CONVENTIONS["rope_midpoint"]
     # Learnable audio sink tokens (paper design); 0 = the released model.
     audio_sink_tokens: int = 0
 
@@ -64,6 +82,19 @@ class ModelConfig:
             raise ConfigError("stream widths must be even for rotary embeddings")
         if len(self.video_max_pos) != 3 or len(self.audio_max_pos) != 1:
             raise ConfigError("video_max_pos needs 3 values (t, h, w), audio_max_pos needs 1 (t)")
+        for name, allowed in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        if self.rope_type == "split":
+            # Each table is cut into its attention's heads; the video side of the
+            # cross-modal table into the video head count (as ltx-core does).
+            for name, width, heads in (
+                ("video", self.video_dim, self.video_heads), ("audio", self.audio_dim, self.audio_heads),
+                ("video cross-modal", self.cross_modal_dim, self.video_heads),
+            ):
+                if width % (2 * heads):
+                    raise ConfigError(f"split RoPE needs an even {name} width per head, got {width} / {heads}")
 
     @property
     def video_dim(self) -> int:
@@ -81,6 +112,10 @@ class ModelConfig:
     @property
     def cross_modal_max_pos(self) -> float:
         return max(self.video_max_pos[0], self.audio_max_pos[0])
+
+    @property
+    def rope_conventions(self) -> RopeConventions:
+        return RopeConventions(self.rope_type, self.frequencies_precision, self.rope_midpoint)
 
     # Presets -----------------------------------------------------------------
 
@@ -134,27 +169,39 @@ class ModelConfig:
             "audio_positional_embedding_max_pos": list(self.audio_max_pos),
             "timestep_scale_multiplier": self.timestep_scale_multiplier,
             "av_ca_timestep_scale_multiplier": self.av_ca_timestep_scale_multiplier,
-            "rope_type": "interleaved",
-            "frequencies_precision": "float32",
+            "rope_type": self.rope_type,
+            "frequencies_precision": self.frequencies_precision,
+            "rope_midpoint": self.rope_midpoint,
             "audio_sink_tokens": self.audio_sink_tokens,
         }
 
     @classmethod
-    def from_metadata(cls, section: Mapping[str, Any], *, student_conventions: bool = True) -> "ModelConfig":
+    def from_metadata(cls, section: Mapping[str, Any], *, conventions: str = "student") -> "ModelConfig":
         """Build a config from an LTX-style ``transformer`` metadata section.
 
-        With ``student_conventions`` (the default, what a streaming model needs) the
-        RoPE type, frequency precision and cross-modal gate multiplier of the teacher's
-        metadata are ignored: the distilled student was trained with interleaved fp32
-        RoPE and a gate multiplier of 1. The ``cross_attention_dim`` widths are not read:
-        the loader takes the widths from the tensor shapes and cross-checks the metadata
-        against them (``checkpoint.detect``).
+        ``conventions``:
+        - "student" (the default, what a streaming model needs): the RoPE type, frequency
+          precision, time midpoint and cross-modal gate multiplier are the student's
+          (``STUDENT_CONVENTIONS``), whatever the metadata says; the distilled student was
+          trained with them even though the LTX-2 file it came from says otherwise.
+        - "checkpoint" (the teacher): they are read from the metadata, keys
+          ``rope_type``, ``frequencies_precision``, ``av_ca_timestep_scale_multiplier`` and
+          ``rope_midpoint``, with ltx-core's defaults for absent keys (interleaved, float32,
+          1, and "seconds": LTX files do not write ``rope_midpoint``, ltx-core's midpoint is
+          in seconds; this project's files write it).
+
+        Either way a value outside the allowed ones is a ConfigError naming the key. The
+        ``cross_attention_dim`` widths are not read: the loader takes the widths from the
+        tensor shapes and cross-checks the metadata against them (``checkpoint.detect``).
         """
+        if conventions not in CONVENTIONS:
+            raise ConfigError(f"conventions must be one of {', '.join(map(repr, CONVENTIONS))}, got {conventions!r}")
+
         def pick(key: str, default: Any) -> Any:
             return section.get(key, default)
 
         default = cls.ltx2_19b()
-        return cls(
+        config = cls(
             num_layers=int(pick("num_layers", default.num_layers)),
             video_heads=int(pick("num_attention_heads", default.video_heads)),
             video_head_dim=int(pick("attention_head_dim", default.video_head_dim)),
@@ -170,11 +217,13 @@ class ModelConfig:
             video_max_pos=tuple(float(v) for v in pick("positional_embedding_max_pos", (20, 2048, 2048))),
             audio_max_pos=tuple(float(v) for v in pick("audio_positional_embedding_max_pos", (20,))),
             timestep_scale_multiplier=float(pick("timestep_scale_multiplier", 1000.0)),
-            av_ca_timestep_scale_multiplier=(
-                1.0 if student_conventions else float(pick("av_ca_timestep_scale_multiplier", 1.0))
-            ),
+            av_ca_timestep_scale_multiplier=float(pick("av_ca_timestep_scale_multiplier", 1.0)),
+            rope_type=pick("rope_type", "interleaved"),
+            frequencies_precision=pick("frequencies_precision", "float32"),
+            rope_midpoint=pick("rope_midpoint", "seconds"),
             audio_sink_tokens=int(pick("audio_sink_tokens", 0)),
         )
+        return replace(config, **STUDENT_CONVENTIONS) if conventions == "student" else config
 
     def describe(self) -> str:
         return (

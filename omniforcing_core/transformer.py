@@ -143,17 +143,24 @@ def av_rope(
 ) -> AVRope:
     """RoPE tables for a span of latent frames; sinks (if any) lead the audio tables."""
     c = config
+    conventions = c.rope_conventions
     video_self = video_table(
-        video_frame_start, video_frames, grid_hw, c.video_dim, c.video_max_pos, c.rope_theta, device, dtype
+        video_frame_start, video_frames, grid_hw, c.video_dim, c.video_max_pos, c.rope_theta, device, dtype,
+        conventions, c.video_heads,
     )
     audio_self = time_table(
-        audio_frame_start, audio_frames, "audio", c.audio_dim, c.audio_max_pos[0], c.rope_theta, device, dtype
+        audio_frame_start, audio_frames, "audio", c.audio_dim, c.audio_max_pos[0], c.rope_theta, device, dtype,
+        conventions, c.audio_heads,
     )
+    # Split tables are cut per head; the video side of the cross-modal one into the video
+    # head count, as ltx-core does (equal to the audio heads in every LTX-2 model).
     video_cross = time_table(
-        video_frame_start, video_frames, "video", c.cross_modal_dim, c.cross_modal_max_pos, c.rope_theta, device, dtype
+        video_frame_start, video_frames, "video", c.cross_modal_dim, c.cross_modal_max_pos, c.rope_theta, device, dtype,
+        conventions, c.video_heads,
     )
     audio_cross = time_table(
-        audio_frame_start, audio_frames, "audio", c.cross_modal_dim, c.cross_modal_max_pos, c.rope_theta, device, dtype
+        audio_frame_start, audio_frames, "audio", c.cross_modal_dim, c.cross_modal_max_pos, c.rope_theta, device, dtype,
+        conventions, c.audio_heads,
     )
     return AVRope(
         video_self=video_self,

@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..config import ConfigError, ModelConfig
+from ..config import STUDENT_CONVENTIONS, ConfigError, ModelConfig
 from ..layout import BlockLayout, LayoutError
 from .keys import SINK_KEY
 from .reader import CheckpointError
@@ -46,9 +46,6 @@ _METADATA_CHECKS = (
     ("audio_cross_attention_dim", "audio_dim"),
     ("audio_sink_tokens", "audio_sink_tokens"),
 )
-_STUDENT_CONVENTIONS = {
-    "rope_type": "interleaved", "frequencies_precision": "float32", "av_ca_timestep_scale_multiplier": 1,
-}
 
 ShapeOf = Callable[[str], tuple[tuple[int, ...], str]]  # bare key -> (shape, file it is read from)
 
@@ -69,8 +66,12 @@ def detect_config(
     section: Mapping[str, Any] | None,
     section_source: str,
     overrides: Mapping[str, Any],
+    conventions: str = "student",
 ) -> tuple[ModelConfig, list[str]]:
-    """The ModelConfig of the weights, and notes on metadata values set aside."""
+    """The ModelConfig of the weights, and notes on metadata values set aside.
+
+    ``conventions``: see ``ModelConfig.from_metadata``; overrides apply on top.
+    """
     def dims(key: str, rank: int) -> tuple[tuple[int, ...], str]:
         shape, where = shape_of(key)
         if len(shape) != rank:
@@ -142,16 +143,16 @@ def detect_config(
         in_channels=video_in, out_channels=video_out,
         audio_in_channels=audio_in, audio_out_channels=audio_out, audio_sink_tokens=sinks,
     )
-    conventions = {name: overrides[name] for name in CONVENTION_FIELDS if name in overrides}
+    convention_overrides = {name: overrides[name] for name in CONVENTION_FIELDS if name in overrides}
     try:
-        config = ModelConfig.from_metadata(merged, student_conventions=True)
-        config = dataclasses.replace(config, ffn_mult=detected["ffn_mult"], **conventions)
+        config = ModelConfig.from_metadata(merged, conventions=conventions)
+        config = dataclasses.replace(config, ffn_mult=detected["ffn_mult"], **convention_overrides)
     except (ConfigError, TypeError, ValueError) as error:
         raise CheckpointError(f"{section_source}: cannot build a model config from these weights: {error}") from None
 
     notes = []
-    for key, student in _STUDENT_CONVENTIONS.items():
-        if key in section and not _matches(section[key], student):
+    for key, student in STUDENT_CONVENTIONS.items():
+        if conventions == "student" and key in section and not _matches(section[key], student):
             notes.append(
                 f"{section_source}: metadata {key}={section[key]!r} is the teacher's convention; the streaming "
                 f"student uses {student!r}"

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..config import CONVENTIONS, ModelConfig
 from ..layout import BlockLayout
 from ..transformer import AVTransformer
 from .detect import LAYOUT_OVERRIDE, check_override_keys, detect_config, detect_layout
@@ -137,6 +137,7 @@ def load_model(
     overrides: Mapping[str, Any] | None = None,
     strict: bool = False,
     fp8_weights: bool = False,
+    conventions: str = "student",
 ) -> LoadedModel:
     """Build the streaming transformer from the generator, filling gaps from the base file.
 
@@ -146,7 +147,19 @@ def load_model(
     the weights is an error. Unexpected tensors are reported (and warned about); with
     ``strict`` they are an error. ``fp8_weights`` stores every block linear weight in
     fp8 after loading (half the memory of bf16; computed in ``dtype``).
+
+    ``conventions``: "student" (default) gives the streaming generator the conventions
+    it was distilled with (interleaved fp32 RoPE, time midpoints in frames, cross-modal
+    gate multiplier 1), whatever the metadata says. "checkpoint" reads them from the
+    metadata (``rope_type``, ``frequencies_precision``, ``rope_midpoint``,
+    ``av_ca_timestep_scale_multiplier``, ltx-core's defaults where absent): use it to load
+    the LTX-2 teacher, e.g. ``load_model("ltx-2-19b-dev.safetensors", conventions="checkpoint")``,
+    and run it without masks. Overrides of those fields apply on top of either.
     """
+    if conventions not in CONVENTIONS:
+        raise CheckpointError(
+            f"conventions must be one of {', '.join(map(repr, CONVENTIONS))}, got {conventions!r}"
+        )
     device = torch.device(device)
     dtype = resolve_dtype(dtype)
     overrides = dict(overrides or {})
@@ -154,7 +167,7 @@ def load_model(
     with ExitStack() as stack:
         generator = _open_source(GENERATOR, generator_path, stack)
         base = _open_source(BASE, base_path, stack) if base_path is not None else None
-        plan = _plan(generator, base, overrides, dtype)
+        plan = _plan(generator, base, overrides, dtype, conventions)
         unexpected = {role: keys for role, keys in plan.report.unexpected.items() if keys}
         if unexpected and strict:
             raise CheckpointError(
@@ -192,7 +205,9 @@ class _Plan:
     report: LoadReport
 
 
-def _plan(generator: _Source, base: _Source | None, overrides: dict[str, Any], dtype: torch.dtype) -> _Plan:
+def _plan(
+    generator: _Source, base: _Source | None, overrides: dict[str, Any], dtype: torch.dtype, conventions: str
+) -> _Plan:
     """Every check that the headers allow, and the list of tensors to read."""
     sources = [generator] + ([base] if base is not None else [])
     owner: dict[str, _Source] = {}
@@ -223,7 +238,7 @@ def _plan(generator: _Source, base: _Source | None, overrides: dict[str, Any], d
             break
     config, notes = detect_config(
         shape_of, indices[-1] + 1, f"{layers_from.label}: transformer_blocks.{{{indices[0]}-{indices[-1]}}}",
-        SINK_KEY in owner, section, section_source, overrides,
+        SINK_KEY in owner, section, section_source, overrides, conventions,
     )
     hint = (generator.checkpoint.json_metadata(LAYOUT_METADATA) or {}).get("block_layout")
     sinks_source = owner[SINK_KEY].label if SINK_KEY in owner else ""
@@ -232,7 +247,8 @@ def _plan(generator: _Source, base: _Source | None, overrides: dict[str, Any], d
     )
 
     report = LoadReport(generator.summary(), base.summary() if base is not None else None,
-                        config_source=f"{section_source} + tensor shapes", layout_reason=layout_reason, notes=notes)
+                        config_source=f"{section_source} + tensor shapes, {conventions} conventions",
+                        layout_reason=layout_reason, notes=notes)
     with torch.device("meta"):
         model = AVTransformer(config)
     expected = tensor_shapes(model)
