@@ -26,12 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="training config (TOML); smoke uses configs/smoke.toml")
     parser.add_argument("--out", type=Path, required=True, help="run folder: every stage's output and checkpoints")
     parser.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: the local GPU if any)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set stage2.steps=50 (repeatable)")
     args = parser.parse_args(argv)
     config_path = args.config or (CONFIGS / "smoke.toml" if args.command == "smoke" else None)
     if config_path is None:
         parser.error(f"{args.command} needs --config FILE (checked-in configs: {sorted(p.name for p in CONFIGS.glob('*.toml'))})")
     try:
-        config = load_config(config_path)
+        config = load_config(config_path, args.overrides)
     except TrainConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

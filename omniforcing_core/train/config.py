@@ -28,7 +28,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -161,12 +161,24 @@ def _section(cls, table: dict[str, Any], where: str):
     return cls(**values)
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a TOML config; ``overrides`` like ``"stage2.steps=50"`` replace single values
+    (the value is a TOML literal: ``run.dtype="bfloat16"``, ``stage3.betas=[0.0, 0.999]``)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise TrainConfigError(f"cannot read training config {path}: {exc}") from exc
+    for override in overrides:
+        name, _, literal = override.partition("=")
+        section, _, key = name.strip().partition(".")
+        if not (section and key and literal):
+            raise TrainConfigError(f"an override is section.key=value (e.g. stage2.steps=50), got {override!r}")
+        try:
+            value = tomllib.loads(f"value = {literal.strip()}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = literal.strip()
+        raw.setdefault(section, {})[key] = value
     sections = {"model": ModelSection, "data": DataSection, "text": TextSection, "run": RunSection}
     unknown = sorted(set(raw) - set(sections) - set(STAGES) - {"sigmas"})
     if unknown:

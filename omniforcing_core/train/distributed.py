@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,10 +161,19 @@ class TrainingState:
                 self.ema[key].copy_(value)
 
 
+@contextlib.contextmanager
+def _single_process_is_intended():
+    """DCP warns that it assumes one process when no group exists: here that is the design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
 def save_state(folder: Path, state: TrainingState) -> Path:
     """``folder/step_{N}``; written on every rank (DCP is collective), the newest kept."""
     target = folder / f"step_{state.step:07d}"
-    dcp.save(state.state_dict(), checkpoint_id=str(target))
+    with _single_process_is_intended():
+        dcp.save(state.state_dict(), checkpoint_id=str(target))
     if not dist.is_initialized() or dist.get_rank() == 0:
         (folder / "latest").write_text(target.name)
     return target
@@ -175,7 +185,8 @@ def load_latest_state(folder: Path, state: TrainingState) -> bool:
     if not marker.exists():
         return False
     wanted = state.state_dict()
-    dcp.load(wanted, checkpoint_id=str(folder / marker.read_text().strip()))
+    with _single_process_is_intended():
+        dcp.load(wanted, checkpoint_id=str(folder / marker.read_text().strip()))
     state.load_state_dict(wanted)
     return True
 

@@ -119,6 +119,9 @@ class Run:
         """Weights from an earlier stage into a model of ``config`` (a student with sinks
         starting from a teacher keeps its fresh sink tokens)."""
         loaded = load_model(self.out / relative, dtype=torch.float32)
+        # Fresh parameters (the sinks) are drawn from the run's seed: a resumed or sharded
+        # run starts from the same model.
+        torch.manual_seed(self.config.run.seed)
         model = AVTransformer(config)
         missing, unexpected = model.load_state_dict(loaded.model.state_dict(), strict=False)
         if unexpected or any(key != "audio_sink_tokens" for key in missing):
@@ -172,7 +175,7 @@ class Run:
             with compute_precision(self.world, self.dtype):
                 loss, metrics = loss_fn(micro)
             (loss / accum).backward()
-            for key, value in {"loss": float(loss), **metrics}.items():
+            for key, value in {"loss": loss.item(), **metrics}.items():
                 totals[key] = totals.get(key, 0.0) + value / accum
         parameters = [p for m in (model, *extra) for p in m.parameters() if p.requires_grad]
         norm = torch.nn.utils.clip_grad_norm_(parameters, self.section.grad_clip)

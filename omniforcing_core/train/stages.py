@@ -101,7 +101,11 @@ def velocity(model: AVTransformer, video, audio, sigma: torch.Tensor, text: Text
 
 def guided_x0(teacher: AVTransformer, video, audio, sigma: torch.Tensor, cond: TextConditioning,
               uncond: TextConditioning, guidance: Guidance):
-    """Teacher x0 with CFG, cond and uncond in one batched forward (half the all-gathers)."""
+    """Teacher x0 with CFG, cond and uncond in one batched forward (half the all-gathers);
+    without guidance the unconditional half is not computed at all."""
+    if guidance.video == 1 and guidance.audio == 1:
+        v_video, v_audio = velocity(teacher, video, audio, sigma, cond)
+        return x0_of(video, audio, v_video, v_audio, _shared(sigma), _shared(sigma))
     both = TextConditioning(torch.cat([cond.video, uncond.video]), torch.cat([cond.audio, uncond.audio]))
     v_video, v_audio = velocity(teacher, torch.cat([video, video]), torch.cat([audio, audio]), torch.cat([sigma, sigma]), both)
     x0_video, x0_audio = x0_of(torch.cat([video, video]), torch.cat([audio, audio]), v_video, v_audio,
