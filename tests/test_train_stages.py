@@ -25,7 +25,7 @@ from omniforcing_core.train.stages import (
     teacher_grid,
     teacher_sample,
 )
-from omniforcing_core.train.text import TokenPromptEncoder
+from omniforcing_core.world.prompts import WorldPromptConfig, WorldPromptEncoder
 
 GRID = (2, 2)
 SIGMAS = StreamSettings().sigmas
@@ -169,10 +169,13 @@ def test_smoke_leaves_a_student_that_load_model_loads_and_the_sampler_streams(sm
     loaded = load_model(smoke_run / "student.safetensors", dtype=torch.float32)
     config = load_config(CONFIGS / "smoke.toml")
     assert loaded.layout.name == "paper" and loaded.model.config.audio_sink_tokens == 4
-    encoder = TokenPromptEncoder(config.text.vocab, config.text.tokens, loaded.model.config.caption_channels)
+    with safe_open(str(smoke_run / "prompt_encoder.safetensors"), "pt") as stored:
+        section = json.loads(stored.metadata()["config"])["prompt_encoder"]
+    encoder = WorldPromptEncoder(WorldPromptConfig.from_metadata(section))
+    assert encoder.config.max_tokens == config.text.max_tokens
     encoder.load_state_dict(load_file(smoke_run / "prompt_encoder.safetensors"))
     with torch.no_grad():
-        text = encoder(torch.tensor([[1, 0, 0, 0]]))
+        text = encoder("a red ball bounces")
         blocks = list(StreamingSampler(loaded.model, loaded.layout).stream(text, 2, 64, 64))
     assert [tuple(b.video.shape[2:]) for b in blocks] == [(1, 2, 2), (3, 2, 2), (3, 2, 2)]
     assert all(torch.isfinite(b.video).all() for b in blocks)

@@ -70,16 +70,17 @@ class DataSection:
     height: int = 64
     width: int = 64
     prompts: int = 4
-    prompt_tokens: int = 4
     size: int = 256
 
 
 @dataclass(frozen=True)
 class TextSection:
-    """The prompt encoder trained with the teacher (token ids -> text contexts)."""
+    """The world prompt encoder trained with the teacher (its caption width is the model's)."""
 
-    vocab: int = 16
-    tokens: int = 4
+    width: int = 64
+    num_layers: int = 2
+    heads: int = 4
+    max_tokens: int = 16
 
 
 @dataclass(frozen=True)

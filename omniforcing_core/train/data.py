@@ -33,25 +33,23 @@ def synced_generator(seed: int, step: int, purpose: str = "choice") -> torch.Gen
 
 
 class SyntheticLatents:
-    """Structured latent clips for smoke runs: each prompt token picks a pattern that drifts
-    over time in both streams, so a model has something learnable without any codec."""
+    """Structured latent clips for smoke runs: each prompt picks a pattern that drifts over
+    time in both streams, so a model has something learnable without any codec."""
 
-    def __init__(self, layout: BlockLayout, seconds: int, grid_hw: tuple[int, int], channels: int = 128,
-                 prompts: int = 4, prompt_tokens: int = 4, size: int = 256):
+    def __init__(self, layout: BlockLayout, seconds: int, grid_hw: tuple[int, int], prompt_ids: torch.Tensor,
+                 channels: int = 128, size: int = 256):
         self.video_frames, self.audio_frames = layout.latent_lengths(seconds)
-        self.grid_hw, self.channels, self.prompts, self.prompt_tokens, self.size = (
-            grid_hw, channels, prompts, prompt_tokens, size
-        )
+        self.grid_hw, self.channels, self.prompt_ids, self.size = grid_hw, channels, prompt_ids, size
         basis = torch.Generator().manual_seed(12345)
-        self.video_basis = torch.randn(prompts, channels, 1, *grid_hw, generator=basis)
-        self.audio_basis = torch.randn(prompts, 1, channels, generator=basis)
+        self.video_basis = torch.randn(len(prompt_ids), channels, 1, *grid_hw, generator=basis)
+        self.audio_basis = torch.randn(len(prompt_ids), 1, channels, generator=basis)
 
     def __len__(self) -> int:
         return self.size
 
     def sample(self, index: int) -> dict[str, torch.Tensor]:
         generator = torch.Generator().manual_seed(index)
-        label = index % self.prompts
+        label = index % len(self.prompt_ids)
         phase = torch.rand(1, generator=generator) * 6.28
         t_video = torch.arange(self.video_frames, dtype=torch.float32)[None, :, None, None] * 0.7
         t_audio = torch.arange(self.audio_frames, dtype=torch.float32)[:, None] * 0.08
@@ -59,9 +57,7 @@ class SyntheticLatents:
             self.channels, self.video_frames, *self.grid_hw, generator=generator)
         audio = self.audio_basis[label] * torch.sin(t_audio + phase) + 0.1 * torch.randn(
             self.audio_frames, self.channels, generator=generator)
-        prompt = torch.zeros(self.prompt_tokens, dtype=torch.long)
-        prompt[0] = label + 1
-        return {"video": video, "audio": audio, "prompt": prompt}
+        return {"video": video, "audio": audio, "prompt": self.prompt_ids[label]}
 
 
 class LatentShards:

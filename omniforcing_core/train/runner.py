@@ -16,6 +16,7 @@ distributed checkpoint (``DIR/<stage>/checkpoints``) and continues bit-identical
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -59,7 +60,7 @@ from .stages import (
     teacher_loss,
     teacher_sample,
 )
-from .text import TokenPromptEncoder
+from ..world.prompts import WorldPromptConfig, WorldPromptEncoder
 
 STAGE_OUTPUTS = {
     "teacher": "teacher/teacher.safetensors",
@@ -69,6 +70,10 @@ STAGE_OUTPUTS = {
     "stage3": "stage3/student.safetensors",
     "export": "student.safetensors",
 }
+
+
+# Prompts of the synthetic smoke data: one latent pattern each.
+SMOKE_PROMPTS = ("a red ball bounces", "a blue cube falls", "a green wedge hops", "a white disc and a red box bounce")
 
 
 class Run:
@@ -105,12 +110,16 @@ class Run:
                                activation_checkpointing=trainable and self.config.run.activation_checkpointing)
         return shard_model_generic(model, self.world, self.dtype)
 
-    def new_prompt_encoder(self) -> TokenPromptEncoder:
+    def new_prompt_encoder(self) -> WorldPromptEncoder:
         torch.manual_seed(self.config.run.seed)
-        t = self.config.text
-        return TokenPromptEncoder(t.vocab, t.tokens, self.config.model.student_config().caption_channels)
+        return WorldPromptEncoder(self.prompt_config())
 
-    def load_prompt_encoder(self) -> TokenPromptEncoder:
+    def prompt_config(self) -> WorldPromptConfig:
+        t = self.config.text
+        return WorldPromptConfig(caption_channels=self.config.model.student_config().caption_channels,
+                                 width=t.width, num_layers=t.num_layers, heads=t.heads, max_tokens=t.max_tokens)
+
+    def load_prompt_encoder(self) -> WorldPromptEncoder:
         encoder = self.new_prompt_encoder()
         encoder.load_state_dict(load_file(self.out / "teacher" / "prompt_encoder.safetensors"))
         return encoder
@@ -193,8 +202,8 @@ class Run:
     def dataset(self):
         d = self.config.data
         if d.kind == "synthetic":
-            return SyntheticLatents(self.layout, d.seconds, self.grid, prompts=d.prompts, prompt_tokens=d.prompt_tokens,
-                                    size=d.size)
+            ids, _ = WorldPromptEncoder(self.prompt_config()).tokenize(list(SMOKE_PROMPTS[: d.prompts]))
+            return SyntheticLatents(self.layout, d.seconds, self.grid, ids, size=d.size)
         if d.kind == "shards":
             return LatentShards(d.path)
         raise ValueError(f"[data] kind must be 'synthetic' or 'shards', got {d.kind!r}")
@@ -261,7 +270,8 @@ def run_teacher(run: Run) -> None:
     run.loop(state, step)
     encoder_state = full_state_dict(encoder)
     if run.world.is_main:
-        save_file(encoder_state, str(run.folder / "prompt_encoder.safetensors"))
+        save_file(encoder_state, str(run.folder / "prompt_encoder.safetensors"),
+                  metadata={"config": json.dumps({"prompt_encoder": run.prompt_config().to_metadata()})})
     run.save_transformer(teacher, STAGE_OUTPUTS["teacher"], run.layout)
 
 
@@ -421,8 +431,7 @@ def run_export(run: Run) -> None:
         save_checkpoint(run.out / STAGE_OUTPUTS["export"], student, prefix="model.", block_layout=run.layout,
                         metadata={"omniforcing_source": source, "omniforcing_training": json.dumps(_provenance(run))},
                         overwrite=True)
-        save_file(load_file(run.out / "teacher" / "prompt_encoder.safetensors"),
-                  str(run.out / "prompt_encoder.safetensors"))
+        shutil.copyfile(run.out / "teacher" / "prompt_encoder.safetensors", run.out / "prompt_encoder.safetensors")
 
 
 def _provenance(run: Run) -> dict:

@@ -104,10 +104,14 @@ class WorldPromptEncoder(nn.Module):
             ids[row, : len(tokens)] = torch.tensor([1 + VOCABULARY.index(t) for t in tokens], dtype=torch.long)
         return ids, ids != PAD_ID
 
-    def forward(self, prompts: str | Sequence[str]) -> TextConditioning:
-        ids, mask = self.tokenize(prompts)
-        device = self.position_embedding.device
-        ids, mask = ids.to(device), mask.to(device)
+    def forward(self, prompts: str | Sequence[str] | torch.Tensor) -> TextConditioning:
+        """Contexts of prompts, or of token ids [B, max_tokens] as ``tokenize`` makes them
+        (what training data stores; all padding is the null prompt)."""
+        ids = prompts if isinstance(prompts, torch.Tensor) else self.tokenize(prompts)[0]
+        if ids.ndim != 2 or ids.shape[1] != self.config.max_tokens:
+            raise ValueError(f"prompt token ids must be [batch, {self.config.max_tokens}], got {list(ids.shape)}")
+        ids = ids.to(self.position_embedding.device)
+        mask = ids != PAD_ID
         null = ~mask.any(dim=1)
         hidden = self.token_embedding(ids) + self.position_embedding
         # An empty prompt attends to its first (padding) slot so no row is all masked;
