@@ -14,7 +14,9 @@ from torch import nn
 
 from .checkpoint import save_checkpoint
 from .config import ModelConfig
+from .decoders.audio_encoder import AudioVAEEncoder
 from .decoders.audio_vae import AudioVAEConfig, AudioVAEDecoder
+from .decoders.video_encoder import VideoEncoderConfig, VideoVAEEncoder, video_vae_metadata
 from .decoders.video_vae import VideoVAE, VideoVAEConfig
 from .decoders.vocoder import Vocoder, VocoderConfig
 from .layout import BlockLayout
@@ -57,17 +59,31 @@ def tiny_decoders(seed: int = 0) -> tuple[VideoVAE, AudioVAEDecoder, Vocoder]:
     )
 
 
+def tiny_encoders(
+    video_vae: VideoVAE, audio_vae: AudioVAEDecoder, seed: int = 0
+) -> tuple[VideoVAEEncoder, AudioVAEEncoder]:
+    """Random tiny VAE encoders for these decoders, with their latent statistics: a VAE
+    has one set, which the encoder normalizes with and the decoder undoes."""
+    video_config = VideoEncoderConfig.tiny(latent_channels=video_vae.config.latent_channels)
+    video = randomize_(VideoVAEEncoder(video_config), seed + 4)
+    audio = randomize_(AudioVAEEncoder(audio_vae.config), seed + 5)
+    video.per_channel_statistics.load_state_dict(video_vae.per_channel_statistics.state_dict())
+    audio.per_channel_statistics.load_state_dict(audio_vae.per_channel_statistics.state_dict())
+    return video, audio
+
+
 def write_tiny_checkpoints(
     folder: str | Path, seed: int = 0, audio_sink_tokens: int = 0, overwrite: bool = False
 ) -> tuple[Path, Path]:
     """Write a tiny generator (``model.*``) and a tiny LTX-2 base file (transformer under
-    ``model.diffusion_model.``, plus ``vae.``, ``audio_vae.``, ``vocoder.`` and their
-    metadata sections). Returns (generator path, base path)."""
+    ``model.diffusion_model.``, plus ``vae.``, ``audio_vae.`` (encoders and decoders),
+    ``vocoder.`` and their metadata sections). Returns (generator path, base path)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model = tiny_model(seed, audio_sink_tokens)
     layout = BlockLayout.paper() if audio_sink_tokens else BlockLayout.released()
     video_vae, audio_vae, vocoder = tiny_decoders(seed)
+    video_encoder, audio_encoder = tiny_encoders(video_vae, audio_vae, seed)
     generator_path = folder / TINY_GENERATOR_FILE
     base_path = folder / TINY_BASE_FILE
     save_checkpoint(generator_path, model, prefix="model.", config=model.config, block_layout=layout, overwrite=overwrite)
@@ -77,9 +93,13 @@ def write_tiny_checkpoints(
         base_transformer,
         prefix="model.diffusion_model.",
         config=base_transformer.config,
-        extra={"vae.": video_vae.state_dict(), "audio_vae.": audio_vae.state_dict(), "vocoder.": vocoder.state_dict()},
+        extra={
+            "vae.": {**video_encoder.state_dict(), **video_vae.state_dict()},
+            "audio_vae.": {**audio_encoder.state_dict(), **audio_vae.state_dict()},
+            "vocoder.": vocoder.state_dict(),
+        },
         extra_config={
-            "vae": video_vae.config.to_metadata(),
+            "vae": video_vae_metadata(video_vae.config, video_encoder.config),
             "audio_vae": audio_vae.config.to_metadata(),
             "vocoder": vocoder.config.to_metadata(),
         },

@@ -1,10 +1,11 @@
-"""The LTX-2 decoders (video VAE, audio VAE, vocoder) from the base checkpoint.
+"""The LTX-2 decoders (video VAE, audio VAE, vocoder) and encoders from the base checkpoint.
 
 The OmniForcing generator holds only the transformer; the decoders come from the LTX-2
-base file under ``vae.``, ``audio_vae.`` and ``vocoder.``. Each architecture comes from
-an explicit config, else the file's metadata ``config`` section, else the LTX-2 19B
-preset (then a mismatch shows as a shape error). All three decoders are checked
-against the headers before any tensor is read.
+base file under ``vae.``, ``audio_vae.`` and ``vocoder.``, and so do the VAE encoders
+(``vae.encoder.*``, ``audio_vae.encoder.*``, sharing each VAE's ``per_channel_statistics``).
+Each architecture comes from an explicit config, else the file's metadata ``config``
+section, else the LTX-2 19B preset (then a mismatch shows as a shape error). All the
+components of one call are checked against the headers before any tensor is read.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..decoders.audio_encoder import AudioVAEEncoder
 from ..decoders.audio_vae import CHECKPOINT_PREFIX as AUDIO_VAE_PREFIX
 from ..decoders.audio_vae import AudioVAEConfig, AudioVAEDecoder
+from ..decoders.video_encoder import VideoEncoderConfig, VideoVAEEncoder
 from ..decoders.video_vae import CHECKPOINT_PREFIX as VIDEO_VAE_PREFIX
 from ..decoders.video_vae import VideoVAE, VideoVAEConfig
 from ..decoders.vocoder import CHECKPOINT_PREFIX as VOCODER_PREFIX
@@ -29,7 +32,7 @@ from .materialize import ModuleWeights, check_module_weights
 from .reader import Checkpoint, CheckpointError, open_checkpoint, resolve_dtype
 
 _BASE_FILE_HINT = (
-    "the LTX-2 base checkpoint (ltx-2-19b-*.safetensors) holds the decoders; the OmniForcing "
+    "the LTX-2 base checkpoint (ltx-2-19b-*.safetensors) holds the {}; the OmniForcing "
     "generator holds none, so pass the base file"
 )
 
@@ -42,20 +45,26 @@ class LoadedDecoders:
 
 
 @dataclass(frozen=True)
+class LoadedEncoders:
+    video_encoder: VideoVAEEncoder
+    audio_encoder: AudioVAEEncoder
+
+
+@dataclass(frozen=True)
 class _Component:
-    """Where one decoder lives in the base file and how its config is found."""
+    """Where one decoder or encoder lives in the base file and how its config is found."""
 
     label: str
     module_type: Callable[[Any], nn.Module]
     config_type: type
-    argument: str  # load_decoders' keyword for an explicit config
+    argument: str  # the loader's keyword for an explicit config
     section: str  # metadata config section
     prefix: str
     ignore: tuple[str, ...]  # parts of the component that are not built
     parse: Callable[[Mapping[str, Any], Checkpoint], Any]
 
 
-_COMPONENTS = (
+_DECODERS = (
     _Component(
         "video VAE", VideoVAE, VideoVAEConfig, "video_config", "vae", VIDEO_VAE_PREFIX, ("encoder.",),
         # Files without the timestep_conditioning key tell it by their tensor names.
@@ -70,6 +79,16 @@ _COMPONENTS = (
     _Component(
         "vocoder", Vocoder, VocoderConfig, "vocoder_config", "vocoder", VOCODER_PREFIX, (),
         lambda section, _: VocoderConfig.from_metadata(section),
+    ),
+)
+_ENCODERS = (
+    _Component(
+        "video VAE encoder", VideoVAEEncoder, VideoEncoderConfig, "video_config", "vae", VIDEO_VAE_PREFIX,
+        ("decoder.",), lambda section, _: VideoEncoderConfig.from_metadata(section),
+    ),
+    _Component(
+        "audio VAE encoder", AudioVAEEncoder, AudioVAEConfig, "audio_vae_config", "audio_vae", AUDIO_VAE_PREFIX,
+        ("decoder.",), lambda section, _: AudioVAEConfig.from_metadata(section),
     ),
 )
 
@@ -92,14 +111,44 @@ def load_decoders(
     that the configured decoder lacks (e.g. LTX-2.3's bandwidth-extension vocoder) is
     an error, as are missing and misshapen ones.
     """
+    modules = _load(base_path_or_checkpoint, _DECODERS, (video_config, audio_vae_config, vocoder_config),
+                    "decoders", device, dtype)
+    return LoadedDecoders(*modules)
+
+
+def load_encoders(
+    base_path_or_checkpoint: str | os.PathLike | Checkpoint,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    video_config: VideoEncoderConfig | None = None,
+    audio_vae_config: AudioVAEConfig | None = None,
+) -> LoadedEncoders:
+    """Build the video and audio VAE encoders from the LTX-2 base file, as ``load_decoders``
+    builds the decoders: the decoders' tensors are skipped, each VAE's statistics are
+    read beside its encoder, and anything else missing, misshapen or unknown is an error."""
+    modules = _load(base_path_or_checkpoint, _ENCODERS, (video_config, audio_vae_config), "VAE encoders",
+                    device, dtype)
+    return LoadedEncoders(*modules)
+
+
+def _load(
+    base_path_or_checkpoint: str | os.PathLike | Checkpoint,
+    components: tuple[_Component, ...],
+    explicit_configs: tuple[Any, ...],
+    what: str,
+    device: torch.device | str,
+    dtype: torch.dtype | str,
+) -> list[nn.Module]:
+    """Check every component against the headers, then fill each one; modules in eval mode."""
     dtype = resolve_dtype(dtype)
     with ExitStack() as stack:
         checkpoint = base_path_or_checkpoint
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = stack.enter_context(open_checkpoint(checkpoint))
-        _check_components_present(checkpoint)
+        _check_components_present(checkpoint, components, what)
         plans: list[ModuleWeights] = []
-        for component, explicit in zip(_COMPONENTS, (video_config, audio_vae_config, vocoder_config)):
+        for component, explicit in zip(components, explicit_configs):
             config, config_source = _resolve_config(checkpoint, component, explicit)
             with torch.device("meta"):
                 module = component.module_type(config)
@@ -110,14 +159,14 @@ def load_decoders(
                 raise CheckpointError(f"{error}. The {component.label} config came from {config_source}") from None
         for plan in plans:
             plan.load(device)
-    return LoadedDecoders(*(plan.module.eval() for plan in plans))
+    return [plan.module.eval() for plan in plans]
 
 
-def _check_components_present(checkpoint: Checkpoint) -> None:
-    absent = [c for c in _COMPONENTS if not checkpoint.group(c.prefix)]
+def _check_components_present(checkpoint: Checkpoint, components: tuple[_Component, ...], what: str) -> None:
+    absent = [c for c in components if not checkpoint.group(c.prefix)]
     if absent:
         listed = ", ".join(f"{c.label} ('{c.prefix}*')" for c in absent)
-        raise CheckpointError(f"{checkpoint.path}: holds no {listed} tensors; {_BASE_FILE_HINT}")
+        raise CheckpointError(f"{checkpoint.path}: holds no {listed} tensors; {_BASE_FILE_HINT.format(what)}")
 
 
 def _resolve_config(checkpoint: Checkpoint, component: _Component, explicit: Any) -> tuple[Any, str]:

@@ -37,10 +37,10 @@ PIXEL_NORM_EPS = 1e-6  # both reference decoders use this, and no metadata key s
 
 @dataclass(frozen=True)
 class AudioVAEConfig:
-    """Architecture of the LTX-2 audio VAE decoder (``audio_vae`` metadata section).
+    """Architecture of the LTX-2 audio VAE (``audio_vae`` metadata section).
 
-    Only the decoder is built; encoder-only values (``in_channels``, ``double_z``) and
-    the mel front-end values are kept so the metadata section round-trips.
+    The decoder (here) and the encoder (``audio_encoder.py``) share one ``ddconfig``;
+    ``in_channels``, ``double_z`` and the mel front-end values are the encoder's.
     """
 
     base_channels: int = 128
@@ -394,6 +394,12 @@ class PerChannelStatistics(nn.Module):
         super().__init__()
         for name in _STATISTICS_NAMES:
             self.register_buffer(name, torch.empty(width))
+
+    def normalize(self, tokens: torch.Tensor) -> torch.Tensor:
+        """What the encoder applies to its means; ``un_normalize`` undoes it."""
+        std = self.get_buffer("std-of-means").to(tokens)
+        mean = self.get_buffer("mean-of-means").to(tokens)
+        return (tokens - mean) / std
 
     def un_normalize(self, tokens: torch.Tensor) -> torch.Tensor:
         std = self.get_buffer("std-of-means").to(tokens)

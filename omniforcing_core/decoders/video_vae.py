@@ -14,7 +14,7 @@ stream, while the streaming decoder (``video_stream.py``) runs consecutive chunk
 hand each conv's last input frame on to the next chunk.
 
 Parameter names equal the checkpoint's with the ``vae.`` prefix (``CHECKPOINT_PREFIX``)
-removed: ``decoder.*`` and ``per_channel_statistics.*`` (the encoder is not built here).
+removed: ``decoder.*`` and ``per_channel_statistics.*`` (the encoder is ``video_encoder.py``).
 """
 
 from __future__ import annotations
@@ -606,8 +606,8 @@ class VideoDecoder(nn.Module):
 class LatentStatistics(nn.Module):
     """``vae.per_channel_statistics``: dataset statistics of the encoder's means.
 
-    Decoding uses only mean-of-means and std-of-means; the other three buffers exist
-    because the checkpoint stores them.
+    The encoder normalizes with mean-of-means and std-of-means and the decoder undoes
+    it with the same two; the other three buffers exist because the checkpoint stores them.
     """
 
     def __init__(self, channels: int) -> None:
@@ -618,9 +618,17 @@ class LatentStatistics(nn.Module):
         self.register_buffer("mean-of-stds_over_std-of-means", torch.zeros(channels))
         self.register_buffer("channel", torch.zeros(channels))
 
+    def _mean_std(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.get_buffer("mean-of-means").to(like).view(1, -1, 1, 1, 1)
+        std = self.get_buffer("std-of-means").to(like).view(1, -1, 1, 1, 1)
+        return mean, std
+
+    def normalize(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, std = self._mean_std(latents)
+        return (latents - mean) / std
+
     def un_normalize(self, latents: torch.Tensor) -> torch.Tensor:
-        mean = self.get_buffer("mean-of-means").to(latents).view(1, -1, 1, 1, 1)
-        std = self.get_buffer("std-of-means").to(latents).view(1, -1, 1, 1, 1)
+        mean, std = self._mean_std(latents)
         return latents * std + mean
 
 
