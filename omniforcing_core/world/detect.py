@@ -20,6 +20,7 @@ from .scene import BACKGROUND, COLOURS, FPS
 # Events of one shape closer than this are one event: a corner hit (a wall and the floor
 # at once) is one sound to the ear and one bounce to the tracker.
 MERGE_S = 0.06
+DUPLICATE_S = 0.01
 # An onset adding less than this share of the clip's strongest simultaneous rise is the
 # spectral splash of another tone's start (the world's simultaneous tones differ by 4x
 # at most: the quietest impact is 1/4 of the loudest).
@@ -100,9 +101,9 @@ def track_shapes(frames: np.ndarray, palette: Mapping[str, tuple[int, int, int]]
     tracks = {}
     for index, name in enumerate(names):
         mask = label == index
-        # A pixel of a shape has most of its 3x3 neighbourhood in the shape; stray
-        # pixels of noise or codec ringing do not.
-        core = mask & (_box3(mask) >= 5)
+        # Inside a shape a pixel's whole 3x3 neighbourhood has its colour (one stray
+        # allowed); in noise or codec ringing hardly ever.
+        core = mask & (_box3(mask) >= 8)
         present = core.sum((1, 2)) >= min_area
         if present.mean() < min_presence:
             continue
@@ -138,11 +139,11 @@ def track_shapes(frames: np.ndarray, palette: Mapping[str, tuple[int, int, int]]
 # Visual impacts ------------------------------------------------------------------------
 
 
-def _merge(events: list, key) -> list:
-    """Keep the earliest of each run of events with the same key closer than MERGE_S."""
+def _merge(events: list, alike) -> list:
+    """Keep the earliest of each run of alike events closer than MERGE_S."""
     kept = []
     for event in sorted(events, key=lambda e: e.time):
-        if any(key(k) == key(event) and event.time - k.time < MERGE_S for k in kept):
+        if any(alike(k, event) and event.time - k.time < MERGE_S for k in kept):
             continue
         kept.append(event)
     return kept
@@ -190,7 +191,7 @@ def visual_impacts(tracks: Mapping[str, Track], fps: float = FPS, min_jump_px: f
                         if first - 1 <= crossing <= last + 1:
                             t = crossing
                 events.append(VisualImpact(t / fps, track.colour, name))
-    return _merge(events, key=lambda e: e.colour)
+    return _merge(events, lambda a, b: a.colour == b.colour)
 
 
 # Audio onsets ----------------------------------------------------------------------------
@@ -277,11 +278,14 @@ def audio_onsets(audio: np.ndarray, sample_rate: int, snr: float = 8.0, rise: fl
             # edge of the search range). Only the band holding a real peak reports it.
             if low <= pitch < high and share >= SPLASH:
                 candidates.append(Onset(float(time), pitch, float(band[peak_frame])))
-            k = max(k + refractory, peak_frame + 1)
-    onsets = []
+                k = max(k + refractory, peak_frame + 1)
+            else:
+                k += 1  # a splash does not hide a real onset right after it
+    same_pitch = lambda a, b: abs(math.log(a.pitch / b.pitch)) < 0.03  # noqa: E731
+    distinct = []
     for onset in sorted(candidates, key=lambda o: -o.amplitude):
-        # A tone on a band edge can be reported twice, with the same pitch.
-        if any(abs(onset.time - o.time) < MERGE_S and abs(math.log(onset.pitch / o.pitch)) < 0.03 for o in onsets):
-            continue
-        onsets.append(onset)
-    return sorted(onsets, key=lambda o: o.time)
+        # A tone on a band edge is reported by both bands, at almost the same time.
+        if not any(abs(onset.time - o.time) < DUPLICATE_S and same_pitch(onset, o) for o in distinct):
+            distinct.append(onset)
+    # Tones of one pitch closer than MERGE_S are one sound: the first.
+    return _merge(distinct, same_pitch)

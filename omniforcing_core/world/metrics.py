@@ -20,6 +20,9 @@ from .grammar import parse
 from .scene import FPS, PITCHES
 
 NAN = float("nan")
+# Long enough to pair simultaneous hits by pitch, short enough that a wrong pitch
+# cannot pull an onset away from the impact it belongs to.
+PITCH_PENALTY_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -61,17 +64,35 @@ def _pitch_fits(det: Detections, impact: VisualImpact, onset: Onset, pitches: Ma
     return bool(kind) and onset.pitch > 0 and abs(1200.0 * math.log2(onset.pitch / pitches[kind])) <= tolerance_cents
 
 
+def clip_lag(impacts: Sequence[VisualImpact], onsets: Sequence[Onset], max_offset_s: float,
+             tolerance_s: float = 0.02) -> float:
+    """The sound's delay (s) that lines most impacts up with an onset: the clip's common
+    offset, so that a shift longer than the gap between impacts is still seen as one."""
+    offsets = np.array([o.time - i.time for i in impacts for o in onsets if abs(o.time - i.time) <= max_offset_s])
+    if offsets.size == 0:
+        return 0.0
+    best, lag = -1, 0.0
+    for candidate in offsets:
+        support = offsets[np.abs(offsets - candidate) <= tolerance_s]
+        if support.size > best or (support.size == best and abs(candidate) < abs(lag)):
+            best, lag = support.size, float(candidate)
+    return float(np.median(offsets[np.abs(offsets - lag) <= tolerance_s]))
+
+
 def match_events(det: Detections, impacts: Sequence[VisualImpact], onsets: Sequence[Onset], max_offset_s: float,
                  pitches: Mapping[str, float] = PITCHES, tolerance_cents: float = 100.0) -> list[tuple[int, int]]:
-    """Pairs (impact index, onset index), each event used once: closest in time first,
-    an onset of the hitting shape's pitch before any other (shapes hit at once)."""
+    """Pairs (impact index, onset index), each event used once, those nearest the
+    clip's lag first. When shapes hit at once, an onset of the hitting shape's pitch
+    goes first: a pitch that does not fit counts as PITCH_PENALTY_S further off."""
+    lag = clip_lag(impacts, onsets, max_offset_s)
     pairs = sorted(
-        (not _pitch_fits(det, impact, onset, pitches, tolerance_cents), abs(onset.time - impact.time), i, j)
+        (abs(onset.time - impact.time - lag) + (0.0 if _pitch_fits(det, impact, onset, pitches, tolerance_cents)
+                                                else PITCH_PENALTY_S), i, j)
         for i, impact in enumerate(impacts) for j, onset in enumerate(onsets)
         if abs(onset.time - impact.time) <= max_offset_s
     )
     used_i, used_j, matched = set(), set(), []
-    for _, _, i, j in pairs:
+    for _, i, j in pairs:
         if i not in used_i and j not in used_j:
             used_i.add(i)
             used_j.add(j)
