@@ -36,6 +36,8 @@ from ..config import ModelConfig
 from ..layout import BlockLayout
 
 STAGES = ("teacher", "stage1", "ode_pairs", "stage2", "stage3")
+# Sections owned by the codec trainer and the world renderer (``codecs``, ``encode-world``).
+OTHER_SECTIONS = ("codecs", "world")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -148,6 +150,8 @@ class TrainConfig:
     run: RunSection = field(default_factory=RunSection)
     stages: dict[str, StageSection] = field(default_factory=dict)
     sigmas: tuple[float, ...] = (1.0, 0.906229, 0.726524, 0.420719, 0.0)
+    # Tables of other trainers sharing the file (the codecs, the world), read by them.
+    other: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def stage(self, name: str) -> StageSection:
         return self.stages.get(name, StageSection())
@@ -181,10 +185,12 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
             value = literal.strip()
         raw.setdefault(section, {})[key] = value
     sections = {"model": ModelSection, "data": DataSection, "text": TextSection, "run": RunSection}
-    unknown = sorted(set(raw) - set(sections) - set(STAGES) - {"sigmas"})
+    allowed = {*sections, *STAGES, *OTHER_SECTIONS, "sigmas"}
+    unknown = sorted(set(raw) - allowed)
     if unknown:
-        raise TrainConfigError(f"{path}: unknown sections {unknown}; allowed: {sorted([*sections, *STAGES, 'sigmas'])}")
+        raise TrainConfigError(f"{path}: unknown sections {unknown}; allowed: {sorted(allowed)}")
     parsed = {name: _section(cls, raw.get(name, {}), name) for name, cls in sections.items()}
     stages = {name: _section(StageSection, raw[name], name) for name in STAGES if name in raw}
     extra = {"sigmas": tuple(float(s) for s in raw["sigmas"])} if "sigmas" in raw else {}
-    return TrainConfig(**parsed, stages=stages, **extra)
+    other = {name: raw[name] for name in OTHER_SECTIONS if name in raw}
+    return TrainConfig(**parsed, stages=stages, other=other, **extra)
