@@ -47,15 +47,33 @@ class TrainConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSection:
+    """A preset, optionally reshaped (0 keeps the preset's value); the latent widths follow
+    the codecs the model is trained on."""
+
     preset: str = "tiny"
     audio_sink_tokens: int = 0
     layout: str = "released"
+    num_layers: int = 0
+    video_heads: int = 0
+    video_head_dim: int = 0
+    audio_heads: int = 0
+    audio_head_dim: int = 0
+    caption_channels: int = 0
+    video_channels: int = 0
+    audio_channels: int = 0
 
     def student_config(self) -> ModelConfig:
         presets = {"tiny": ModelConfig.tiny, "mid": ModelConfig.mid, "ltx2_19b": ModelConfig.ltx2_19b}
         if self.preset not in presets:
             raise TrainConfigError(f"[model] preset must be one of {sorted(presets)}, got {self.preset!r}")
-        return presets[self.preset](audio_sink_tokens=self.audio_sink_tokens)
+        shape = {name: getattr(self, name) for name in (
+            "num_layers", "video_heads", "video_head_dim", "audio_heads", "audio_head_dim", "caption_channels")}
+        channels = {"video_channels": ("video_in_channels", "video_out_channels"),
+                    "audio_channels": ("audio_in_channels", "audio_out_channels")}
+        for name, fields_ in channels.items():
+            shape.update({field_: getattr(self, name) for field_ in fields_})
+        overrides = {key: value for key, value in shape.items() if value}
+        return presets[self.preset](audio_sink_tokens=self.audio_sink_tokens, **overrides)
 
     def teacher_config(self) -> ModelConfig:
         return replace(self.student_config(), audio_sink_tokens=0)

@@ -37,12 +37,12 @@ class SyntheticLatents:
     time in both streams, so a model has something learnable without any codec."""
 
     def __init__(self, layout: BlockLayout, seconds: int, grid_hw: tuple[int, int], prompt_ids: torch.Tensor,
-                 channels: int = 128, size: int = 256):
+                 channels: tuple[int, int] = (128, 128), size: int = 256):
         self.video_frames, self.audio_frames = layout.latent_lengths(seconds)
         self.grid_hw, self.channels, self.prompt_ids, self.size = grid_hw, channels, prompt_ids, size
         basis = torch.Generator().manual_seed(12345)
-        self.video_basis = torch.randn(len(prompt_ids), channels, 1, *grid_hw, generator=basis)
-        self.audio_basis = torch.randn(len(prompt_ids), 1, channels, generator=basis)
+        self.video_basis = torch.randn(len(prompt_ids), channels[0], 1, *grid_hw, generator=basis)
+        self.audio_basis = torch.randn(len(prompt_ids), 1, channels[1], generator=basis)
 
     def __len__(self) -> int:
         return self.size
@@ -54,9 +54,9 @@ class SyntheticLatents:
         t_video = torch.arange(self.video_frames, dtype=torch.float32)[None, :, None, None] * 0.7
         t_audio = torch.arange(self.audio_frames, dtype=torch.float32)[:, None] * 0.08
         video = self.video_basis[label] * torch.cos(t_video + phase) + 0.1 * torch.randn(
-            self.channels, self.video_frames, *self.grid_hw, generator=generator)
+            self.channels[0], self.video_frames, *self.grid_hw, generator=generator)
         audio = self.audio_basis[label] * torch.sin(t_audio + phase) + 0.1 * torch.randn(
-            self.audio_frames, self.channels, generator=generator)
+            self.audio_frames, self.channels[1], generator=generator)
         return {"video": video, "audio": audio, "prompt": self.prompt_ids[label]}
 
 

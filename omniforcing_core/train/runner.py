@@ -203,7 +203,9 @@ class Run:
         d = self.config.data
         if d.kind == "synthetic":
             ids, _ = WorldPromptEncoder(self.prompt_config()).tokenize(list(SMOKE_PROMPTS[: d.prompts]))
-            return SyntheticLatents(self.layout, d.seconds, self.grid, ids, size=d.size)
+            c = self.config.model.student_config()
+            return SyntheticLatents(self.layout, d.seconds, self.grid, ids, (c.video_in_channels, c.audio_in_channels),
+                                    size=d.size)
         if d.kind == "shards":
             return LatentShards(d.path)
         raise ValueError(f"[data] kind must be 'synthetic' or 'shards', got {d.kind!r}")
