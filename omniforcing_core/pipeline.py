@@ -19,6 +19,7 @@ from .decoders.latent_preview import LatentPreview
 from .decoders.video_vae import VideoVAE
 from .decoders.vocoder import Vocoder
 from .demo import tiny_decoders, tiny_model
+from .demo_model import DEMO_BASE, DEMO_GENERATOR, DEMO_PROMPT, demo_path
 from .layout import BlockLayout
 from .sampler import StreamingSampler, StreamSettings
 from .transformer import AVTransformer
@@ -80,6 +81,17 @@ class StreamPipeline(nn.Module):
         decoders = load_decoders(base, device=device, dtype=decoder_dtype)
         return cls(loaded.model, loaded.layout, decoders.video_vae, decoders.audio_vae, decoders.vocoder,
                    loaded.report.summary())
+
+    @classmethod
+    def demo(cls, *, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32,
+             generator: str = DEMO_GENERATOR, folder: str | os.PathLike | None = None) -> "StreamPipeline":
+        """The built-in demo model (``demo_model``): a complete generator whose base file
+        holds only the codecs (and the prompt encoder, see ``load_prompt_encoder``)."""
+        loaded = load_model(demo_path(generator, folder), device=device, dtype=dtype)
+        decoders = load_decoders(demo_path(DEMO_BASE, folder), device=device, dtype=dtype)
+        return cls(loaded.model, loaded.layout, decoders.video_vae, decoders.audio_vae, decoders.vocoder,
+                   "built-in demo model (trained on the synthetic world: prompts like "
+                   f"'{DEMO_PROMPT}')\n" + loaded.report.summary())
 
     @classmethod
     def tiny_random(cls, seed: int = 0) -> "StreamPipeline":

@@ -4,12 +4,13 @@
   tensors read one at a time, memory-mapped, straight to a device and dtype.
 - ``load_model``: the OmniForcing generator over the LTX-2 base file into a ready
   ``AVTransformer`` built on meta and filled tensor by tensor.
-- ``load_decoders``: the video VAE decoder, audio VAE decoder and vocoder from the LTX-2
-  base file, each checked and filled the same way (``load_module_weights``).
+- ``load_decoders`` / ``load_encoders``: the video VAE, audio VAE and vocoder (encoders:
+  the two VAE encoders) from the LTX-2 base file, each checked and filled the same way
+  (``load_module_weights``); ``load_prompt_encoder``: the built-in demo's text encoder.
 - ``save_checkpoint``: the same layouts back (single or sharded, any prefix, fp8).
 """
 
-from .components import LoadedDecoders, load_decoders
+from .components import LoadedDecoders, LoadedEncoders, load_decoders, load_encoders, load_prompt_encoder
 from .detect import OVERRIDE_KEYS
 from .fp8 import FP8Linear, dequantize_fp8, quantize_fp8
 from .keys import describe_keys, find_transformer_prefix
@@ -24,6 +25,7 @@ __all__ = [
     "FP8Linear",
     "LoadReport",
     "LoadedDecoders",
+    "LoadedEncoders",
     "LoadedModel",
     "OVERRIDE_KEYS",
     "SourceSummary",
@@ -34,9 +36,11 @@ __all__ = [
     "expected_tensors",
     "find_transformer_prefix",
     "load_decoders",
+    "load_encoders",
     "load_model",
     "list_checkpoints",
     "load_module_weights",
+    "load_prompt_encoder",
     "open_checkpoint",
     "quantize_fp8",
     "resolve_dtype",

@@ -28,6 +28,7 @@ from ..decoders.video_vae import CHECKPOINT_PREFIX as VIDEO_VAE_PREFIX
 from ..decoders.video_vae import VideoVAE, VideoVAEConfig
 from ..decoders.vocoder import CHECKPOINT_PREFIX as VOCODER_PREFIX
 from ..decoders.vocoder import Vocoder, VocoderConfig
+from ..world.prompts import PROMPT_ENCODER_PREFIX, WorldPromptConfig, WorldPromptEncoder
 from .materialize import ModuleWeights, check_module_weights
 from .reader import Checkpoint, CheckpointError, open_checkpoint, resolve_dtype
 
@@ -93,6 +94,12 @@ _ENCODERS = (
 )
 
 
+_PROMPT_ENCODER = _Component(
+    "world prompt encoder", WorldPromptEncoder, WorldPromptConfig, "prompt_encoder_config", "prompt_encoder",
+    PROMPT_ENCODER_PREFIX, (), lambda section, _: WorldPromptConfig.from_metadata(section),
+)
+
+
 def load_decoders(
     base_path_or_checkpoint: str | os.PathLike | Checkpoint,
     *,
@@ -130,6 +137,24 @@ def load_encoders(
     modules = _load(base_path_or_checkpoint, _ENCODERS, (video_config, audio_vae_config), "VAE encoders",
                     device, dtype)
     return LoadedEncoders(*modules)
+
+
+def load_prompt_encoder(
+    base_path_or_checkpoint: str | os.PathLike | Checkpoint, *, device: torch.device | str = "cpu",
+) -> WorldPromptEncoder:
+    """The world's prompt encoder (``prompt_encoder.*``) of the built-in demo's base file:
+    text of the world's grammar -> text contexts, in place of Gemma."""
+    with ExitStack() as stack:
+        checkpoint = base_path_or_checkpoint
+        if not isinstance(checkpoint, Checkpoint):
+            checkpoint = stack.enter_context(open_checkpoint(checkpoint))
+        if checkpoint.config_section(_PROMPT_ENCODER.section) is None:
+            raise CheckpointError(
+                f"{checkpoint.path}: has no 'prompt_encoder' metadata config section; only the built-in demo's "
+                "base file holds a world prompt encoder (real models take Gemma text contexts)"
+            )
+        (encoder,) = _load(checkpoint, (_PROMPT_ENCODER,), (None,), "world prompt encoder", device, torch.float32)
+    return encoder
 
 
 def _load(

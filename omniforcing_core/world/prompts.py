@@ -20,6 +20,7 @@ from ..config import ConfigError
 from .grammar import VOCABULARY, words
 
 PAD_ID = 0  # token ids are 1 + the word's index in VOCABULARY
+PROMPT_ENCODER_PREFIX = "prompt_encoder."  # its keys in the demo's base file
 
 
 @dataclass(frozen=True)
