@@ -14,7 +14,7 @@ from omniforcing_core.world import (
 from omniforcing_core.world.detect import MERGE_S, audio_onsets, track_shapes
 from omniforcing_core.world.prompts import WorldPromptConfig, WorldPromptEncoder
 from omniforcing_core.world.render import impact_amplitude, render_audio
-from omniforcing_core.world.scene import extents
+from omniforcing_core.world.scene import WALLS, extents
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,7 @@ def test_impacts_happen_where_the_shape_touches_the_wall():
         x, y = scene.positions(np.array([impact.time]))[impact.shape, 0]
         assert (x, y) == pytest.approx(impact.position, abs=1e-6)
         expected = {"left": (0, half), "right": (0, width - half), "floor": (1, height - bottom), "ceiling": (1, top)}
+        assert impact.wall in WALLS + ("shape",)
         if impact.wall == "shape":
             other = scene.shapes[impact.other]
             assert impact.other != impact.shape and other is not shape
@@ -117,6 +118,11 @@ def test_each_tone_starts_at_the_first_sample_after_its_impact():
             before = np.abs(audio[:, n - 24:n]).max()
             after = np.abs(audio[:, n:n + 24]).max()
             assert after > 1.5 * before
+
+
+def test_shape_pitches_are_far_apart():
+    semitones = sorted(12 * math.log2(p) for p in PITCHES.values())
+    assert min(np.diff(semitones)) >= 6
 
 
 def test_detected_sound_onsets_match_the_impact_times():
@@ -209,9 +215,16 @@ def test_prompt_encoder_gives_fixed_length_text_contexts():
     # Padding does not leak: a prompt encodes the same alone and in a batch.
     alone = encoder(prompts[0])
     assert torch.allclose(alone.video[0], text.video[0], atol=1e-6)
-    # Word order matters (positions are embedded).
-    swapped = encoder("a blue ball bounces")
-    assert not torch.allclose(swapped.video[0, :4], text.video[0, :4])
+    # Padding is masked: what sits in the slots after a prompt does not reach it.
+    with torch.no_grad():
+        encoder.position_embedding[4:] += 1.0
+        encoder.token_embedding.weight[0] += 1.0
+    assert torch.allclose(encoder(prompts[0]).video[0], text.video[0], atol=1e-6)
+    # Word order matters (positions are embedded): "red" reads differently first and
+    # second, though a transformer without positions would give it the same vector.
+    first = encoder("a red ball and a blue cube bounce").video[0, 1]
+    second = encoder("a blue cube and a red ball bounce").video[0, 5]
+    assert not torch.allclose(first, second, atol=1e-3)
 
 
 def test_empty_prompt_is_the_learned_null_context():

@@ -100,6 +100,13 @@ def test_prompt_adherence(clips, truth):
     assert wrong_kind["recall"] == 0.5 and wrong_kind["colour_recall"] == 1.0 and wrong_kind["exact"] == 0.0
     missing = prompt_adherence(det, "a white disc , a yellow wedge and a red ball bounce")
     assert missing["recall"] == pytest.approx(2 / 3) and missing["precision"] == 1.0
+    # A shape on screen for under half the clip is not there.
+    frames = clips[9].frames.copy()
+    yellow = np.abs(frames.astype(int) - (240, 220, 40)).sum(-1) < 200
+    frames[:70][yellow[:70]] = (20, 20, 28)
+    fleeting = detect_clip(frames, clips[9].audio_16k, MEL_RATE)
+    assert "yellow" in fleeting.tracks
+    assert prompt_adherence(fleeting, clips[9].prompt)["recall"] == 0.5
     noise = np.random.default_rng(3).integers(0, 256, clips[9].frames.shape, dtype=np.uint8)
     scores = prompt_adherence(detect_clip(noise, clips[9].audio_16k, MEL_RATE), clips[9].prompt)
     assert scores["recall"] == scores["colour_recall"] == scores["exact"] == 0.0

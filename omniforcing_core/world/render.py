@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 
 from .grammar import describe
-from .scene import AUDIO_RATE, BACKGROUND, COLOURS, FPS, MEL_RATE, PITCHES, Impact, Scene, extents
+from .scene import AUDIO_RATE, BACKGROUND, COLOURS, MEL_RATE, PITCHES, Impact, Scene, extents
 
 TONE_DECAY_S = 0.03
 TONE_LENGTH_S = 0.2

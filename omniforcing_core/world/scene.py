@@ -144,12 +144,14 @@ class Scene:
             half, top, bottom = extents(kind, size_px)
             reach = circumradius(kind, size_px)
             # Starts apart from the shapes placed so far (rejection sampling).
-            while True:
+            for _ in range(1000):
                 x = float(rng.uniform(half, width - half))
                 y = float(rng.uniform(top + 0.1 * height, 0.55 * height))  # clear of the ceiling
                 if all(math.hypot(x - o.position[0], y - o.position[1]) > reach + circumradius(o.kind, o.size) + 1
                        for o in shapes):
                     break
+            else:
+                raise ValueError(f"{count} shapes do not fit apart in the upper half of a {size} frame")
             vx = float(rng.choice((-1.0, 1.0)) * rng.uniform(0.3, 0.9) * height)
             vy = float(rng.uniform(-0.5, 0.5) * height)
             hop = float(rng.uniform(1.0, 1.3) * MIN_HOP_SPEED * height)
