@@ -1,0 +1,199 @@
+"""Quality of the built-in demo models on the synthetic world: one JSON line per model.
+
+    python -m benchmarks.quality                     # teacher, Stage II, student, released student
+    python -m benchmarks.quality --models student --seconds 3 --long 0
+
+Every clip is decoded through the streaming decoders exactly as users get them and scored
+by the world's detectors (``omniforcing_core.world.metrics``): AV sync, pitch, prompt
+adherence and seam continuity. ``--long S`` also streams S seconds with a rolling window
+in both position modes and scores every 10 s segment (does quality hold past the 3 s the
+model was trained on?). Speed on this machine: time to first chunk and frames per second
+with decode, beside the teacher's time for the same clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omniforcing_core.checkpoint import load_decoders, load_model, load_prompt_encoder
+from omniforcing_core.demo_model import (
+    DEMO_BASE,
+    DEMO_FOLDER,
+    DEMO_GENERATOR,
+    DEMO_HEIGHT,
+    DEMO_RELEASED_GENERATOR,
+    DEMO_WIDTH,
+    demo_path,
+)
+from omniforcing_core.layout import VIDEO_FPS, BlockLayout, latent_grid
+from omniforcing_core.pipeline import StreamPipeline
+from omniforcing_core.sampler import StreamSettings
+from omniforcing_core.world.metrics import evaluate
+
+PROMPTS = (
+    "a red ball bounces",
+    "a blue cube falls",
+    "a green wedge hops around",
+    "a yellow disc and a white box bounce",
+    "a red triangle and a blue ball bounce off the walls",
+    "a white circle , a green square and a yellow wedge hop",
+)
+SEEDS = (0, 1)
+SEGMENT_S = 10
+STAGES = DEMO_FOLDER / "stages"
+
+
+def _to_numpy(frames: torch.Tensor, waveform: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    pixels = (frames.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return pixels, waveform.float().cpu().numpy()
+
+
+def stream_clip(pipeline: StreamPipeline, text, seconds: int, seed: int, settings: StreamSettings,
+                overlap: bool = True) -> dict:
+    """Frames, sound and timings of one stream, decoded block by block."""
+    start = time.perf_counter()
+    first = None
+    frames, audio = [], []
+    with torch.no_grad():
+        for block in pipeline.sampler(settings).stream(text, seconds, DEMO_HEIGHT, DEMO_WIDTH, seed=seed,
+                                                       decoder=pipeline.decoder(), overlap_decode=overlap):
+            first = first or time.perf_counter() - start
+            frames.append(block.decoded.frames)
+            audio.append(block.decoded.waveform)
+    total = time.perf_counter() - start
+    pixels, waveform = _to_numpy(torch.cat(frames), torch.cat(audio, dim=-1))
+    return {"frames": pixels, "audio": waveform, "ttfc_s": first, "fps": pixels.shape[0] / total, "total_s": total}
+
+
+def teacher_clip(teacher, pipeline: StreamPipeline, encoder, prompt: str, seconds: int, seed: int, steps: int,
+                 guidance: float) -> dict:
+    """The bidirectional teacher: the whole clip at once, many steps with CFG."""
+    from omniforcing_core.train.stages import Guidance, teacher_grid, teacher_sample
+
+    layout = pipeline.layout
+    frames, audio_frames = layout.latent_lengths(seconds)
+    grid = latent_grid(DEMO_HEIGHT, DEMO_WIDTH)
+    c = teacher.config
+    generator = torch.Generator().manual_seed(seed)
+    noise_video = torch.randn(1, c.video_in_channels, frames, *grid, generator=generator)
+    noise_audio = torch.randn(1, audio_frames, c.audio_in_channels, generator=generator)
+    start = time.perf_counter()
+    with torch.no_grad():
+        cond, uncond = encoder(prompt), encoder("")
+        (video, audio), _ = teacher_sample(teacher, noise_video, noise_audio, cond, uncond,
+                                           Guidance(guidance, guidance), teacher_grid(steps, ()))
+        decoder, decoded = pipeline.decoder(), []
+        last = layout.num_blocks(seconds) - 1
+        for span in layout.iter_blocks(last + 1):
+            decoded.append(decoder.push(span, video[:, :, span.video_start:span.video_end],
+                                        audio[:, span.audio_start:span.audio_end], final=span.index == last))
+    total = time.perf_counter() - start
+    pixels, waveform = _to_numpy(torch.cat([d.frames for d in decoded]), torch.cat([d.waveform for d in decoded], -1))
+    return {"frames": pixels, "audio": waveform, "ttfc_s": total, "fps": pixels.shape[0] / total, "total_s": total}
+
+
+def boundaries(layout: BlockLayout, num_frames: int) -> list[int]:
+    """First pixel frame of every block after the first."""
+    starts, index = [], 1
+    while (start := layout.block(index).pixel_interval[0]) < num_frames:
+        starts.append(start)
+        index += 1
+    return starts
+
+
+def score(clip: dict, prompt: str, layout: BlockLayout) -> dict[str, float]:
+    return evaluate(clip["frames"], clip["audio"], 24_000, prompt, boundaries=boundaries(layout, clip["frames"].shape[0]))
+
+
+def segments(clip: dict, prompt: str, layout: BlockLayout, seconds: int) -> list[dict[str, float]]:
+    """Scores of every 10 s segment of a long clip (seams at the stream's own block starts)."""
+    results = []
+    for first in range(0, seconds, SEGMENT_S):
+        f0, f1 = first * VIDEO_FPS, (first + SEGMENT_S) * VIDEO_FPS
+        a0, a1 = first * 24_000, (first + SEGMENT_S) * 24_000
+        seams = [b - f0 for b in boundaries(layout, f1) if f0 < b < f1]
+        results.append(evaluate(clip["frames"][f0:f1], clip["audio"][:, a0:a1], 24_000, prompt, boundaries=seams))
+    return results
+
+
+def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = sorted({key for row in rows for key in row})
+    out = {}
+    for key in keys:
+        values = [row[key] for row in rows if key in row and math.isfinite(row[key])]
+        out[key] = round(statistics.fmean(values), 4) if values else float("nan")
+    return out
+
+
+HEADLINE = ("sync.within_frame_share", "sync.median_abs_offset_ms", "sync.p90_abs_offset_ms", "sync.misses",
+            "sync.false_alarms", "prompt.f1", "prompt.exact", "pitch.correct_share", "seam.ratio")
+
+
+def headline(scores: dict[str, float]) -> dict[str, float]:
+    return {key: scores[key] for key in HEADLINE if key in scores}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="teacher,stage2,student,released")
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--long", type=int, default=60, help="seconds of the long streams (0: skip them)")
+    parser.add_argument("--window", type=int, default=4, help="blocks kept in the long streams' window")
+    parser.add_argument("--stages", type=Path, default=STAGES, help="folder of the published stage outputs")
+    parser.add_argument("--teacher-steps", type=int, default=24)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    base = demo_path(DEMO_BASE)
+    encoder = load_prompt_encoder(base)
+    decoders = load_decoders(base, dtype=torch.float32)
+    teacher_total = None
+    for name in args.models.split(","):
+        if name == "teacher":
+            teacher = load_model(args.stages / "teacher.safetensors", dtype=torch.float32)
+            pipeline = StreamPipeline(teacher.model, BlockLayout.released(), decoders.video_vae, decoders.audio_vae,
+                                      decoders.vocoder)
+            clips = [(p, teacher_clip(teacher.model, pipeline, encoder, p, args.seconds, s, args.teacher_steps,
+                                      args.guidance)) for p in PROMPTS for s in SEEDS]
+            teacher_total = statistics.fmean(c["total_s"] for _, c in clips)
+        else:
+            files = {"student": demo_path(DEMO_GENERATOR), "released": demo_path(DEMO_RELEASED_GENERATOR),
+                     "stage2": args.stages / "stage2.safetensors"}
+            loaded = load_model(files[name], dtype=torch.float32)
+            pipeline = StreamPipeline(loaded.model, loaded.layout, decoders.video_vae, decoders.audio_vae,
+                                      decoders.vocoder)
+            clips = [(p, stream_clip(pipeline, encoder(p), args.seconds, s, StreamSettings())) for p in PROMPTS
+                     for s in SEEDS]
+        line = {
+            "model": name,
+            "layout": pipeline.layout.name,
+            "sink_tokens": pipeline.transformer.config.audio_sink_tokens,
+            "clips": len(clips),
+            "seconds": args.seconds,
+            **headline(mean_scores([score(c, p, pipeline.layout) for p, c in clips])),
+            "ttfc_s": round(statistics.fmean(c["ttfc_s"] for _, c in clips), 3),
+            "fps": round(statistics.fmean(c["fps"] for _, c in clips), 1),
+            "clip_s": round(statistics.fmean(c["total_s"] for _, c in clips), 2),
+        }
+        if teacher_total is not None and name != "teacher":
+            line["teacher_clip_s"] = round(teacher_total, 2)
+        if args.long and name != "teacher":
+            for mode in ("absolute", "rebased"):
+                settings = StreamSettings(window_blocks=args.window, position_mode=mode)
+                prompt = PROMPTS[3]
+                clip = stream_clip(pipeline, encoder(prompt), args.long, SEEDS[0], settings)
+                line[f"long_{mode}"] = [headline(s) for s in segments(clip, prompt, pipeline.layout, args.long)]
+        print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
