@@ -18,11 +18,13 @@ from .runner import PIPELINE, run_stage
 
 CONFIGS = Path(__file__).parent / "configs"
 COMMANDS = [name.replace("_", "-") for name in PIPELINE] + ["all", "smoke"]
+# The world's codecs and its pre-encoded latents (``codecs.py``): single-process, CPU or GPU.
+CODEC_COMMANDS = {"codecs": "run_codecs", "encode-world": "run_encode_world"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m omniforcing_core.train", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=COMMANDS)
+    parser.add_argument("command", choices=COMMANDS + list(CODEC_COMMANDS))
     parser.add_argument("--config", type=Path, help="training config (TOML); smoke uses configs/smoke.toml")
     parser.add_argument("--out", type=Path, required=True, help="run folder: every stage's output and checkpoints")
     parser.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: the local GPU if any)")
@@ -37,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.command in CODEC_COMMANDS:
+        from . import codecs
+
+        args.out.mkdir(parents=True, exist_ok=True)
+        getattr(codecs, CODEC_COMMANDS[args.command])(config, args.out)
+        return 0
     stages = PIPELINE if args.command in ("all", "smoke") else (args.command.replace("-", "_"),)
     world = init_world(args.device or config.run.device or None)
     try:

@@ -1,0 +1,607 @@
+"""Trained tiny codecs for the world, and the world pre-encoded with them.
+
+``codecs`` trains three small models of the LTX-2 architecture on clips rendered on the
+fly from the synthetic world (``omniforcing_core.world``), one after the other, each
+resumable from its own distributed checkpoints:
+
+- ``video``: ``VideoVAEEncoder`` + the project's ``VideoVAE`` decoder on 17-frame windows
+  of 3 s clips (pixel L1 + MSE);
+- ``audio``: ``AudioVAEEncoder`` + ``AudioVAEDecoder`` on the stereo 16 kHz log-mel of
+  whole 3 s clips (mel L1);
+- ``vocoder``: the HiFi-GAN ``Vocoder`` from ground-truth log-mel to the 24 kHz stereo
+  sound (multi-resolution STFT + mel losses, no discriminator), on windows around impacts.
+
+Both VAEs are deterministic autoencoders (``latent_log_var = "constant"``, no
+``double_z``) regularised by latent noise: in training the decoder sees the means plus
+Gaussian noise of ``latent_noise`` times each channel's batch std, so it tolerates latents
+that are slightly off by that much in the normalised space the transformer works in, and a
+light L2 penalty keeps the means' scale from drifting. After training each VAE's
+``per_channel_statistics`` are set from encoded training clips, so normalised latents are
+~N(0, 1) per channel. The output is one base file laid out like the LTX-2 base file
+(``vae.*``, ``audio_vae.*``, ``vocoder.*`` with their metadata config sections):
+``load_decoders`` and ``load_encoders`` read it as they read the real one.
+
+``encode-world`` renders ``[world] count`` clips and writes them, encoded, as the latent
+shards ``LatentShards`` reads (``video``, ``audio``, ``prompt``), with each clip's ground
+truth in the shard metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import save_checkpoint
+from ..checkpoint.components import load_decoders, load_encoders
+from ..decoders.audio_encoder import AudioVAEEncoder
+from ..decoders.audio_vae import AudioVAEConfig, AudioVAEDecoder
+from ..decoders.mel import log_mel_spectrogram
+from ..decoders.video_encoder import VideoEncoderConfig, VideoVAEEncoder, video_vae_metadata
+from ..decoders.video_vae import TemporalChunk, VideoVAE, VideoVAEConfig, pixels_to_frames
+from ..decoders.vocoder import Vocoder, VocoderConfig
+from ..world import AUDIO_RATE, MEL_RATE, Scene, render_clip, resample
+from ..world.detect import audio_onsets
+from ..world.metrics import detect_clip, position_error
+from ..world.prompts import WorldPromptConfig, WorldPromptEncoder
+from ..world.render import render_audio, render_frames
+from .config import TrainConfig, TrainConfigError
+from .data import write_shard
+from .distributed import TrainingState, load_latest_state, save_state
+from .runner import Progress
+
+BASE_FILE = "codecs/demo_base.safetensors"
+PARTS = ("video", "audio", "vocoder")
+# Disjoint seed ranges: training clips, the clips the statistics come from, held-out
+# evaluation clips. The pre-encoded world uses its own [world] seed upwards.
+TRAIN_SEEDS = 1_000_000_000
+STATS_SEEDS = 700_000_000
+EVAL_SEEDS = 500_000_000
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+# Config ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CodecsSection:
+    """The ``[codecs]`` table: architectures, the three trainings, statistics and evaluation."""
+
+    height: int = 128
+    width: int = 192
+    clip_seconds: float = 3.0
+    seed: int = 0
+    # Architectures (the LTX-2 layouts at small widths).
+    video_latent_channels: int = 32
+    video_encoder_channels: int = 8
+    video_decoder_channels: int = 12
+    audio_latent_channels: int = 4
+    audio_channels: int = 16
+    vocoder_channels: int = 64
+    # Regularisation, shared by both VAEs.
+    latent_noise: float = 0.1
+    latent_l2: float = 1e-4
+    # Video VAE.
+    video_steps: int = 3000
+    video_batch: int = 2
+    video_frames: int = 17
+    video_lr: float = 1e-3
+    # Audio VAE (whole clips).
+    audio_steps: int = 1500
+    audio_batch: int = 2
+    audio_lr: float = 1e-3
+    # Vocoder.
+    vocoder_steps: int = 2000
+    vocoder_batch: int = 3
+    vocoder_frames: int = 48
+    vocoder_lr: float = 5e-4
+    warmup: int = 100
+    grad_clip: float = 1.0
+    # Statistics, evaluation, output.
+    stats_clips: int = 24
+    eval_clips: int = 6
+    log_every: int = 20
+    checkpoint_every: int = 200
+    weights_dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        if self.video_frames < 1 or (self.video_frames - 1) % 8:
+            raise TrainConfigError(f"[codecs] video_frames must be 1 + 8k, got {self.video_frames}")
+        if self.weights_dtype not in SAVE_DTYPES:
+            raise TrainConfigError(f"[codecs] weights_dtype must be one of {sorted(SAVE_DTYPES)}")
+        if self.height % 32 or self.width % 32:
+            raise TrainConfigError(f"[codecs] height and width must be multiples of 32, got {self.height}x{self.width}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    def steps(self, part: str) -> int:
+        return getattr(self, f"{part}_steps")
+
+    # Architectures ------------------------------------------------------------------
+
+    def video_configs(self) -> tuple[VideoVAEConfig, VideoEncoderConfig]:
+        decoder = VideoVAEConfig.tiny(latent_channels=self.video_latent_channels,
+                                      decoder_base_channels=self.video_decoder_channels)
+        encoder = VideoEncoderConfig.tiny(latent_channels=self.video_latent_channels,
+                                          encoder_base_channels=self.video_encoder_channels,
+                                          latent_log_var="constant")
+        return decoder, encoder
+
+    def audio_config(self) -> AudioVAEConfig:
+        return AudioVAEConfig.tiny(base_channels=self.audio_channels, latent_channels=self.audio_latent_channels,
+                                   double_z=False)
+
+    def vocoder_config(self) -> VocoderConfig:
+        return VocoderConfig.tiny(upsample_initial_channel=self.vocoder_channels)
+
+
+@dataclass(frozen=True)
+class WorldSection:
+    """The ``[world]`` table: the clips ``encode-world`` renders and encodes."""
+
+    count: int = 2000
+    seconds: float = 3.0
+    seed: int = 0
+    shard_size: int = 100
+    max_tokens: int = 16
+
+
+def _table(cls, config: TrainConfig, name: str):
+    table = dict(config.other.get(name, {}))
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise TrainConfigError(f"[{name}] has unknown keys {unknown}; allowed: {sorted(known)}")
+    return cls(**table)
+
+
+def codecs_section(config: TrainConfig) -> CodecsSection:
+    return _table(CodecsSection, config, "codecs")
+
+
+def world_section(config: TrainConfig) -> WorldSection:
+    return _table(WorldSection, config, "world")
+
+
+# Models ------------------------------------------------------------------------------
+
+
+class Codecs(nn.Module):
+    """The five trained modules; their state dicts are the base file's groups less the prefix."""
+
+    def __init__(self, s: CodecsSection):
+        super().__init__()
+        decoder, encoder = s.video_configs()
+        self.video_encoder = VideoVAEEncoder(encoder)
+        self.video_vae = VideoVAE(decoder)
+        self.audio_encoder = AudioVAEEncoder(s.audio_config())
+        self.audio_vae = AudioVAEDecoder(s.audio_config())
+        self.vocoder = Vocoder(s.vocoder_config())
+        # Training runs in the raw latent space: identity statistics until set from data.
+        for module in (self.audio_encoder, self.audio_vae):
+            module.per_channel_statistics.get_buffer("mean-of-means").zero_()
+            module.per_channel_statistics.get_buffer("std-of-means").fill_(1.0)
+
+    def part(self, name: str) -> nn.Module:
+        """The modules one training updates (a container, so one optimiser steps them all)."""
+        return {
+            "video": nn.ModuleList([self.video_encoder.encoder, self.video_vae.decoder]),
+            "audio": nn.ModuleList([self.audio_encoder.encoder, self.audio_vae.decoder]),
+            "vocoder": self.vocoder,
+        }[name]
+
+
+def new_codecs(s: CodecsSection) -> Codecs:
+    torch.manual_seed(s.seed)
+    return Codecs(s)
+
+
+# Data: clips of the world, rendered on the fly ---------------------------------------
+
+
+def _pixels(frames: np.ndarray) -> torch.Tensor:
+    """uint8 frames [..., N, H, W, 3] -> pixels [..., 3, N, H, W] in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1.0
+    return x.movedim(-1, -4)
+
+
+def _stereo_16k(audio_24k: np.ndarray) -> np.ndarray:
+    """The vocoder's stereo 24 kHz sound at the mel path's rate, per channel: the VAE
+    sees the pan the vocoder has to reproduce."""
+    return resample(audio_24k, AUDIO_RATE, MEL_RATE)
+
+
+def stereo_mel(audio_24k: np.ndarray | torch.Tensor, config: AudioVAEConfig) -> torch.Tensor:
+    """[B, 2, samples at 24 kHz] (or [2, samples]) -> log-mel [B, 2, frames, bins]."""
+    audio = np.asarray(audio_24k, dtype=np.float32)
+    if audio.ndim == 2:
+        audio = audio[None]
+    wave = torch.from_numpy(_stereo_16k(audio))
+    return log_mel_spectrogram(wave, sample_rate=config.sampling_rate, n_fft=config.n_fft,
+                               hop_length=config.mel_hop_length, n_mels=config.mel_bins)
+
+
+def video_batch(s: CodecsSection, step: int) -> torch.Tensor:
+    """``video_batch`` windows of ``video_frames`` frames from fresh clips: [B, 3, F, H, W]."""
+    windows = []
+    for i in range(s.video_batch):
+        seed = TRAIN_SEEDS + step * s.video_batch + i
+        frames = render_frames(Scene.sample(seed, s.clip_seconds, s.size))
+        start = int(np.random.default_rng(seed).integers(0, len(frames) - s.video_frames + 1))
+        windows.append(frames[start:start + s.video_frames])
+    return _pixels(np.stack(windows))
+
+
+def audio_batch(s: CodecsSection, step: int, salt: int = 0) -> list[tuple[Scene, np.ndarray]]:
+    """Fresh scenes with their 24 kHz stereo sound (no frames are drawn)."""
+    batch = s.audio_batch if salt == 0 else s.vocoder_batch
+    out = []
+    for i in range(batch):
+        scene = Scene.sample(TRAIN_SEEDS + salt + step * batch + i, s.clip_seconds, s.size)
+        out.append((scene, render_audio(scene, AUDIO_RATE, stereo=True)))
+    return out
+
+
+# Losses ------------------------------------------------------------------------------
+
+
+def _noisy(mean: torch.Tensor, scale: float, generator: torch.Generator, channel_dims: tuple[int, ...]) -> torch.Tensor:
+    """``mean`` plus Gaussian noise of ``scale`` x each channel's std over the batch (detached)."""
+    if scale <= 0:
+        return mean
+    std = mean.detach().std(dim=channel_dims, keepdim=True)
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    return mean + scale * std * noise
+
+
+_STFT_SIZES = ((128, 32), (256, 64), (512, 128), (1024, 256), (2048, 512))
+
+
+def stft_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-resolution STFT loss: spectral convergence + log-magnitude L1, short windows
+    for onset timing, long ones for pitch."""
+    out, tgt = output.reshape(-1, output.shape[-1]), target.reshape(-1, target.shape[-1])
+    total = output.new_zeros(())
+    for n_fft, hop in _STFT_SIZES:
+        window = torch.hann_window(n_fft, device=output.device)
+        spec = lambda x: torch.stft(x, n_fft, hop, window=window, return_complex=True).abs()  # noqa: E731
+        so, st = spec(out), spec(tgt)
+        convergence = torch.linalg.norm(st - so) / torch.linalg.norm(st).clamp(min=1e-7)
+        magnitude = (torch.log(so.clamp(min=1e-5)) - torch.log(st.clamp(min=1e-5))).abs().mean()
+        total = total + convergence + magnitude
+    return total / len(_STFT_SIZES)
+
+
+def wave_mel(wave: torch.Tensor) -> torch.Tensor:
+    """A 24 kHz log-mel of a waveform (the vocoder's mel loss)."""
+    return log_mel_spectrogram(wave, sample_rate=AUDIO_RATE, n_fft=1024, hop_length=240, n_mels=80)
+
+
+def psnr(mse: float, peak_to_peak: float = 2.0) -> float:
+    return 10.0 * math.log10(peak_to_peak**2 / max(mse, 1e-12))
+
+
+class Trainer:
+    """The three trainings' step functions over one ``Codecs``."""
+
+    def __init__(self, codecs: Codecs, s: CodecsSection):
+        self.codecs, self.s = codecs, s
+
+    def video(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        c, s = self.codecs, self.s
+        pixels = video_batch(s, step)
+        mean, _ = c.video_encoder.posterior(pixels)
+        latents = _noisy(mean, s.latent_noise, torch.Generator().manual_seed(step), (0, 2, 3, 4))
+        decoded = c.video_vae.decoder(latents, TemporalChunk.whole_clip(latents.shape[2]))
+        mse = F.mse_loss(decoded, pixels)
+        loss = mse + F.l1_loss(decoded, pixels) + s.latent_l2 * mean.square().mean()
+        return loss, {"mse": mse.item(), "psnr": psnr(mse.item()), "latent_rms": mean.square().mean().sqrt().item()}
+
+    def audio(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        c, s = self.codecs, self.s
+        mel = stereo_mel(np.stack([a for _, a in audio_batch(s, step)]), c.audio_vae.config)
+        mean, _ = c.audio_encoder.posterior(mel)
+        latents = _noisy(mean, s.latent_noise, torch.Generator().manual_seed(step), (0, 2))
+        decoded = c.audio_vae(c.audio_vae.tokens_from_latents(latents))
+        l1 = F.l1_loss(decoded, mel)
+        loss = l1 + s.latent_l2 * mean.square().mean()
+        return loss, {"mel_l1": l1.item(), "latent_rms": mean.square().mean().sqrt().item()}
+
+    def vocoder_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ground-truth mel windows that start up to half a window before an impact (or
+        anywhere in a silent clip), and the 24 kHz sound they cover."""
+        s, config = self.s, self.codecs.audio_vae.config
+        hop = self.codecs.vocoder.config.samples_per_frame
+        mels, waves = [], []
+        for i, (scene, audio) in enumerate(audio_batch(s, step, salt=1)):
+            mel = stereo_mel(audio, config)[0]
+            rng = np.random.default_rng([s.seed, step, i])
+            last = min(mel.shape[1], audio.shape[1] // hop) - s.vocoder_frames
+            if scene.impacts:
+                impact = scene.impacts[int(rng.integers(len(scene.impacts)))]
+                first = int(impact.time * 100) - int(rng.integers(0, s.vocoder_frames // 2))
+            else:
+                first = int(rng.integers(0, last + 1))
+            first = min(max(first, 0), last)
+            mels.append(mel[:, first:first + s.vocoder_frames])
+            waves.append(torch.from_numpy(audio[:, first * hop:(first + s.vocoder_frames) * hop]))
+        return torch.stack(mels), torch.stack(waves)
+
+    def vocoder(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        mel, wave = self.vocoder_batch(step)
+        out = self.codecs.vocoder(mel)
+        spectral = stft_loss(out, wave)
+        mel_l1 = F.l1_loss(wave_mel(out), wave_mel(wave))
+        return spectral + mel_l1, {"stft": spectral.item(), "mel_l1": mel_l1.item()}
+
+
+# The loop ----------------------------------------------------------------------------
+
+
+def _lr(base: float, step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to a tenth (a pure function of the step: resumable)."""
+    ramp = min(1.0, (step + 1) / max(warmup, 1))
+    return base * ramp * (0.1 + 0.45 * (1.0 + math.cos(math.pi * min(step / max(total, 1), 1.0))))
+
+
+def train_part(codecs: Codecs, s: CodecsSection, part: str, folder: Path, *, log: bool = True) -> list[float]:
+    """Train one part to ``{part}_steps``, resuming from ``folder/checkpoints/{part}``;
+    returns this call's losses. One line per step goes to ``folder/metrics.jsonl``."""
+    module = codecs.part(part)
+    module.train()
+    base_lr, total = getattr(s, f"{part}_lr"), s.steps(part)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=base_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    state = TrainingState({part: module}, {part: optimizer})
+    checkpoints = folder / "checkpoints" / part
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    if load_latest_state(checkpoints, state) and log:
+        print(f"[codecs.{part}] resumed at step {state.step}", file=sys.stderr, flush=True)
+    step_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]] = getattr(Trainer(codecs, s), part)
+    progress = Progress(f"codecs.{part}", total, log)
+    losses, started, first = [], time.perf_counter(), state.step
+    while state.step < total:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(base_lr, state.step, total, s.warmup)
+        optimizer.zero_grad(set_to_none=True)
+        loss, metrics = step_fn(state.step)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), s.grad_clip)
+        optimizer.step()
+        state.step += 1
+        losses.append(loss.item())
+        metrics = {"loss": loss.item(), **metrics, "grad_norm": float(norm), "lr": optimizer.param_groups[0]["lr"],
+                   "steps_per_s": (state.step - first) / max(time.perf_counter() - started, 1e-9)}
+        with (folder / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps({"stage": f"codecs.{part}", "step": state.step, **metrics}) + "\n")
+        progress.update(state.step, metrics, s.log_every)
+        if state.step % s.checkpoint_every == 0 or state.step == total:
+            save_state(checkpoints, state)
+    progress.close()
+    module.eval()
+    return losses
+
+
+# Statistics --------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def set_statistics(codecs: Codecs, s: CodecsSection) -> dict[str, Any]:
+    """Per-channel mean and std of the encoders' means over ``stats_clips`` training-like
+    clips, written into both halves of each VAE: normalised latents are then ~N(0, 1)."""
+    video, audio = [], []
+    for i in range(s.stats_clips):
+        clip = render_clip(Scene.sample(STATS_SEEDS + i, s.clip_seconds, s.size))
+        video.append(codecs.video_encoder.posterior(_pixels(clip.frames)[None])[0])
+        mean, _ = codecs.audio_encoder.posterior(stereo_mel(clip.audio_24k, codecs.audio_vae.config))
+        audio.append(codecs.audio_vae.tokens_from_latents(mean))
+    video_values = torch.cat([v.movedim(1, -1).reshape(-1, v.shape[1]) for v in video])
+    audio_values = torch.cat([a.reshape(-1, a.shape[-1]) for a in audio])
+    for values, modules in ((video_values, (codecs.video_encoder, codecs.video_vae)),
+                            (audio_values, (codecs.audio_encoder, codecs.audio_vae))):
+        mean, std = values.mean(0), values.std(0).clamp(min=1e-6)
+        for module in modules:
+            module.per_channel_statistics.get_buffer("mean-of-means").copy_(mean)
+            module.per_channel_statistics.get_buffer("std-of-means").copy_(std)
+    return {"video_std_range": [float(video_values.std(0).min()), float(video_values.std(0).max())],
+            "audio_std_range": [float(audio_values.std(0).min()), float(audio_values.std(0).max())]}
+
+
+# Evaluation --------------------------------------------------------------------------
+
+
+def match_onsets(reference: list, decoded: list, window_s: float = 0.05) -> dict[str, float]:
+    """Offsets (ms) of each reference onset's nearest same-pitch decoded onset."""
+    offsets, missed = [], 0
+    for onset in reference:
+        near = [d.time - onset.time for d in decoded
+                if abs(d.time - onset.time) <= window_s and abs(math.log(d.pitch / onset.pitch)) < 0.06]
+        if near:
+            offsets.append(1000.0 * min(near, key=abs))
+        else:
+            missed += 1
+    absolute = np.abs(np.asarray(offsets)) if offsets else np.zeros(0)
+    return {"onsets": len(reference), "matched": len(offsets), "missed": missed,
+            "extra": max(len(decoded) - len(offsets), 0),
+            "median_abs_ms": float(np.median(absolute)) if offsets else float("nan"),
+            "max_abs_ms": float(absolute.max()) if offsets else float("nan"),
+            "within_10ms": float((absolute <= 10.0).mean()) if offsets else float("nan")}
+
+
+@torch.no_grad()
+def decode_audio(codecs: Codecs | Any, tokens: torch.Tensor, samples: int) -> np.ndarray:
+    """Normalised audio tokens [1, T, C] -> 24 kHz stereo [2, samples] (whole clip)."""
+    return codecs.vocoder(codecs.audio_vae(tokens))[0, :, :samples].float().numpy()
+
+
+@torch.no_grad()
+def evaluate(codecs: Codecs, s: CodecsSection, clips: int | None = None) -> dict[str, Any]:
+    """Held-out clips through encode -> whole-clip decode: PSNR, positions, onsets."""
+    psnrs, mean_px, max_px, missing = [], [], [], []
+    truth_px = []
+    onset_rows, vocoder_rows = [], []
+    for i in range(s.eval_clips if clips is None else clips):
+        clip = render_clip(Scene.sample(EVAL_SEEDS + i, s.clip_seconds, s.size))
+        latents = codecs.video_encoder.encode(_pixels(clip.frames)[None])
+        frames = pixels_to_frames(codecs.video_vae.decode(latents)).numpy()
+        decoded_u8 = np.round(frames * 255.0).astype(np.uint8)
+        mse = float(np.mean((decoded_u8.astype(np.float64) - clip.frames) ** 2))
+        psnrs.append(psnr(mse, 255.0))
+        samples = clip.audio_24k.shape[1]
+        mel = stereo_mel(clip.audio_24k, codecs.audio_vae.config)
+        tokens = codecs.audio_vae.tokens_from_latents(codecs.audio_encoder.encode(mel))
+        sound = decode_audio(codecs, tokens, samples)
+        det = detect_clip(decoded_u8, sound, AUDIO_RATE)
+        err = position_error(det, clip.truth.positions, clip.truth.colours)
+        mean_px.append(err["mean_px"]), max_px.append(err["max_px"]), missing.append(err["missing_share"])
+        truth_px.append(position_error(detect_clip(clip.frames, clip.audio_24k, AUDIO_RATE),
+                                       clip.truth.positions, clip.truth.colours)["max_px"])
+        reference = audio_onsets(clip.audio_24k, AUDIO_RATE)
+        onset_rows.append(match_onsets(reference, audio_onsets(sound, AUDIO_RATE)))
+        vocoded = codecs.vocoder(mel)[0, :, :samples].numpy()
+        vocoder_rows.append(match_onsets(reference, audio_onsets(vocoded, AUDIO_RATE)))
+
+    def pooled(rows: list[dict[str, float]]) -> dict[str, float]:
+        keys = ("onsets", "matched", "missed", "extra")
+        out = {key: int(sum(r[key] for r in rows)) for key in keys}
+        out["max_abs_ms"] = float(np.nanmax([r["max_abs_ms"] for r in rows]))
+        out["median_abs_ms"] = float(np.nanmedian([r["median_abs_ms"] for r in rows]))
+        out["within_10ms"] = float(np.nansum([r["within_10ms"] * r["matched"] for r in rows]) / max(out["matched"], 1))
+        return out
+
+    return {
+        "clips": len(psnrs),
+        "video_psnr_db": {"mean": float(np.mean(psnrs)), "min": float(np.min(psnrs))},
+        "position_error_px": {"mean": float(np.nanmean(mean_px)), "max": float(np.nanmax(max_px)),
+                              "missing_share": float(np.mean(missing)),
+                              "detector_on_truth_max": float(np.nanmax(truth_px))},
+        "onsets_vae_vocoder": pooled(onset_rows),
+        "onsets_vocoder_only": pooled(vocoder_rows),
+    }
+
+
+# The base file -----------------------------------------------------------------------
+
+
+def write_base_file(codecs: Codecs, s: CodecsSection, path: Path, metadata: Mapping[str, Any]) -> Path:
+    """``vae.*``, ``audio_vae.*``, ``vocoder.*`` and their config sections, as the LTX-2 base file has them."""
+    c = codecs
+    save_checkpoint(
+        path, {}, prefix="model.",
+        extra={
+            "vae.": {**c.video_encoder.state_dict(), **c.video_vae.state_dict()},
+            "audio_vae.": {**c.audio_encoder.state_dict(), **c.audio_vae.state_dict()},
+            "vocoder.": c.vocoder.state_dict(),
+        },
+        extra_config={
+            "vae": video_vae_metadata(c.video_vae.config, c.video_encoder.config),
+            "audio_vae": c.audio_vae.config.to_metadata(),
+            "vocoder": c.vocoder.config.to_metadata(),
+        },
+        metadata={"omniforcing_codecs": json.dumps(metadata)},
+        dtype=SAVE_DTYPES[s.weights_dtype],
+        overwrite=True,
+    )
+    # Both loaders must read it back (a file they cannot read is not a base file).
+    load_decoders(path), load_encoders(path)
+    return path
+
+
+@dataclass(frozen=True)
+class LoadedCodecs:
+    """Encoders and decoders of one base file (what ``encode-world`` and the measurements use)."""
+
+    video_encoder: VideoVAEEncoder
+    video_vae: VideoVAE
+    audio_encoder: AudioVAEEncoder
+    audio_vae: AudioVAEDecoder
+    vocoder: Vocoder
+
+
+def load_codecs(path: str | Path) -> LoadedCodecs:
+    decoders, encoders = load_decoders(path), load_encoders(path)
+    return LoadedCodecs(encoders.video_encoder, decoders.video_vae, encoders.audio_encoder,
+                        decoders.audio_vae, decoders.vocoder)
+
+
+# Commands ----------------------------------------------------------------------------
+
+
+def run_codecs(config: TrainConfig, out: Path, *, log: bool = True) -> Path:
+    """Train the three codecs (resumable), set the statistics, evaluate, write the base file."""
+    s = codecs_section(config)
+    out = Path(out)
+    path = out / BASE_FILE
+    if path.exists():
+        if log:
+            print(f"[codecs] {path} exists: skipped", file=sys.stderr, flush=True)
+        return path
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    codecs = new_codecs(s)
+    timings = {}
+    for part in PARTS:
+        started = time.perf_counter()
+        train_part(codecs, s, part, folder, log=log)
+        timings[part] = round(time.perf_counter() - started, 1)
+    stats = set_statistics(codecs, s)
+    report = evaluate(codecs, s) if s.eval_clips else {}
+    if log:
+        print(f"[codecs] held-out: {json.dumps(report)}", file=sys.stderr, flush=True)
+    (folder / "eval.json").write_text(json.dumps({"eval": report, "statistics": stats,
+                                                  "train_seconds_this_run": timings}, indent=2))
+    return write_base_file(codecs, s, path, {"config": asdict(s), "eval": report, "statistics": stats})
+
+
+def _truth(clip) -> dict[str, Any]:
+    t = clip.truth
+    return {
+        "seed": clip.scene.seed, "prompt": clip.prompt, "kinds": list(t.kinds), "colours": list(t.colours),
+        "positions": np.round(t.positions, 2).tolist(),
+        "impacts": [{"time": round(i.time, 6), "shape": i.shape, "position": [round(v, 2) for v in i.position],
+                     "speed": round(i.speed, 2)} for i in t.impacts],
+    }
+
+
+def run_encode_world(config: TrainConfig, out: Path, *, codecs_path: Path | None = None, log: bool = True) -> Path:
+    """Render ``[world] count`` clips and encode them into ``out/latents/shard-XXXXX.safetensors``
+    (existing shards are kept: a stopped run continues)."""
+    w, s = world_section(config), codecs_section(config)
+    out = Path(out)
+    codecs = load_codecs(codecs_path or out / BASE_FILE)
+    tokenizer = WorldPromptEncoder(WorldPromptConfig(max_tokens=w.max_tokens))
+    folder = out / "latents"
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = math.ceil(w.count / w.shard_size)
+    progress = Progress("encode-world", shards, log)
+    for shard in range(shards):
+        target = folder / f"shard-{shard:05d}.safetensors"
+        if target.exists():
+            continue
+        indices = range(shard * w.shard_size, min((shard + 1) * w.shard_size, w.count))
+        video, audio, prompts, truths = [], [], [], []
+        with torch.no_grad():
+            for index in indices:
+                clip = render_clip(Scene.sample(w.seed + index, w.seconds, s.size))
+                video.append(codecs.video_encoder.encode(_pixels(clip.frames)[None]))
+                latents = codecs.audio_encoder.encode(stereo_mel(clip.audio_24k, codecs.audio_vae.config))
+                audio.append(codecs.audio_vae.tokens_from_latents(latents))
+                prompts.append(clip.prompt)
+                truths.append(_truth(clip))
+        ids, _ = tokenizer.tokenize(prompts)
+        write_shard(target, {"video": torch.cat(video), "audio": torch.cat(audio), "prompt": ids.long()},
+                    metadata={"truth": json.dumps(truths), "world": json.dumps(asdict(w)),
+                              "codecs": str(codecs_path or out / BASE_FILE)})
+        progress.update(shard + 1, {}, 1)
+    progress.close()
+    return folder
