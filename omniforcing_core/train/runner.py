@@ -154,12 +154,13 @@ class Run:
             self.log_line(f"resumed {self.stage} at step {state.step}")
         metrics_file = self.folder / "metrics.jsonl"
         progress = Progress(self.stage, self.section.steps, self.world.is_main)
-        started = time.perf_counter()
+        started, first_step = time.perf_counter(), state.step
         while state.step < self.section.steps:
             metrics = step_fn(state.step)
             state.step += 1
             metrics = {key: all_mean(value, self.world) for key, value in metrics.items()}
-            metrics["steps_per_s"] = state.step / max(time.perf_counter() - started, 1e-9)
+            metrics["steps_per_s"] = (state.step - first_step) / max(time.perf_counter() - started, 1e-9)
+            metrics["peak_memory_mb"] = peak_memory_mb(self.device)
             if self.world.is_main:
                 with metrics_file.open("a") as handle:
                     handle.write(json.dumps({"stage": self.stage, "step": state.step, **metrics}) + "\n")
@@ -207,8 +208,18 @@ class Run:
             return SyntheticLatents(self.layout, d.seconds, self.grid, ids, (c.video_in_channels, c.audio_in_channels),
                                     size=d.size)
         if d.kind == "shards":
-            return LatentShards(d.path)
+            # A relative path is inside the run folder (where encode-world writes).
+            return LatentShards(self.out / d.path)
         raise ValueError(f"[data] kind must be 'synthetic' or 'shards', got {d.kind!r}")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak device memory on a GPU; the process's peak resident memory on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def shard_model_generic(model: nn.Module, world: World, dtype: torch.dtype) -> nn.Module:
