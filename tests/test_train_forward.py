@@ -134,3 +134,25 @@ def test_per_frame_sigmas_follow_the_block_spans():
     assert video.tolist() == [[0.1] * 4 + [0.5] * 3 + [0.9] * 3]
     assert audio[0, :26].eq(0.1).all() and audio[0, 26:51].eq(0.5).all() and audio[0, 51:].eq(0.9).all()
     assert audio.shape == (1, 76)
+
+
+def test_rollout_runs_each_step_once_and_skips_the_last_blocks_context_pass(monkeypatch):
+    layout = BlockLayout.released()
+    model = random_model(ModelConfig.tiny())
+    sigmas = StreamSettings().sigmas
+    noise = _recorded_noise(layout, 3, len(sigmas) - 1)
+    calls = []
+    original = model.forward_span
+
+    def counted(video, audio, sigma, span, *rest):
+        calls.append((span.index, round(float(sigma[0, 0]), 6)))
+        return original(video, audio, sigma, span, *rest)
+
+    monkeypatch.setattr(model, "forward_span", counted)
+    with torch.no_grad():
+        self_forcing_rollout(model, layout, 3, random_text(model.config), sigmas, noise)
+    steps = [round(s, 6) for s in sigmas[:-1]]
+    assert calls == [(0, s) for s in steps] + [(0, 0.0)] + [(1, s) for s in steps] + [(1, 0.0)] + [(2, s) for s in steps]
+    calls.clear()
+    self_forcing_rollout(model, layout, 3, random_text(model.config), sigmas, noise, exit_steps=[1, 0, 2])
+    assert [index for index, _ in calls] == [0, 0, 0, 1, 1, 2, 2, 2]
