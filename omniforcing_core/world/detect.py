@@ -21,9 +21,9 @@ from .scene import BACKGROUND, COLOURS, FPS
 # at once) is one sound to the ear and one bounce to the tracker.
 MERGE_S = 0.06
 DUPLICATE_S = 0.01
-# An onset adding less than this share of the clip's strongest simultaneous rise is the
-# spectral splash of another tone's start (the world's simultaneous tones differ by 4x
-# at most: the quietest impact is 1/4 of the loudest).
+# An onset adding less than this share of the loudest sound right after it is the
+# spectral splash of another tone's start (the world's tones differ by 4x at most: the
+# quietest impact is 1/4 of the loudest).
 SPLASH = 0.12
 
 
@@ -169,17 +169,24 @@ def visual_impacts(tracks: Mapping[str, Track], fps: float = FPS, min_jump_px: f
             groups = [g for g in groups if abs(float(np.nansum(accel[g - 1] - curvature))) >= min_jump_px]
             for index, group in enumerate(groups):
                 first, last = int(group[0]), int(group[-1])
-                # The impact lies between the last frame of the flight before (``first``)
-                # and the first frame of the flight after (``last``): fit both with the
-                # common curvature, within the flights' own frames, and intersect them.
+                if last - first > 1:
+                    # More than two straying frames: several impacts a frame or two apart
+                    # (a bounce, then a collision) with no clean flight between them. A
+                    # kink at first + f (0 <= f < 1) strays by (1 - f) and f of its slope
+                    # change on its two frames: time the first impact from them.
+                    d0, d1 = np.nan_to_num(accel[first - 1: first + 1] - curvature)
+                    t = first + float(np.clip(d1 / (d0 + d1), 0.0, 1.0)) if d0 + d1 else float(first)
+                    events.append(VisualImpact(t / fps, track.colour, name))
+                    continue
+                # One impact between the last frame of the flight before (``first``) and
+                # the first frame of the flight after (``last``): fit both with the common
+                # curvature, within the flights' own frames, and intersect them.
                 previous = int(groups[index - 1][-1]) if index else 0
                 following = int(groups[index + 1][0]) if index + 1 < len(groups) else p.size - 1
                 before = np.arange(max(first - fit_frames + 1, previous), first + 1)
                 after = np.arange(last, min(last + fit_frames, following + 1))
                 before, after = before[np.isfinite(p[before])], after[np.isfinite(p[after])]
-                # Two impacts within a frame or two (a bounce, then a collision) leave no
-                # clean flight between them: the frame that strays most is the first one.
-                t = float(group[np.argmax(deviation[group - 1])])
+                t = float(first)
                 if before.size >= 2 and after.size >= 2:
                     lines = []
                     for side in (before, after):
@@ -187,9 +194,7 @@ def visual_impacts(tracks: Mapping[str, Track], fps: float = FPS, min_jump_px: f
                         lines.append((slope, offset))
                     (slope_b, offset_b), (slope_a, offset_a) = lines
                     if abs(slope_b - slope_a) >= 0.5 * min_jump_px:
-                        crossing = (offset_a - offset_b) / (slope_b - slope_a)
-                        if first - 1 <= crossing <= last + 1:
-                            t = crossing
+                        t = float(np.clip((offset_a - offset_b) / (slope_b - slope_a), first - 1, last + 1))
                 events.append(VisualImpact(t / fps, track.colour, name))
     return _merge(events, lambda a, b: a.colour == b.colour)
 
@@ -205,8 +210,8 @@ def _bands(bin_hz: float, low: float = 200.0, high: float = 5000.0) -> list[tupl
 
 def _added_pitch(audio: np.ndarray, sample_rate: int, start: int, low_hz: float, high_hz: float) -> tuple[float, float]:
     """Frequency in [low_hz, high_hz] whose magnitude rose most from the 32 ms before
-    ``start`` to the 32 ms after, and that rise as a share of the largest rise at any
-    frequency above 100 Hz."""
+    ``start`` to the 32 ms after, and that rise as a share of the loudest frequency
+    (above 100 Hz) after ``start``."""
     length = int(0.032 * sample_rate)
     window = np.hanning(length)
     n_fft = 1 << int(math.ceil(math.log2(sample_rate / 2.0)))  # about 2 Hz bins
@@ -217,8 +222,8 @@ def _added_pitch(audio: np.ndarray, sample_rate: int, start: int, low_hz: float,
     rise = after - before
     lo, hi = int(low_hz * n_fft / sample_rate), int(math.ceil(high_hz * n_fft / sample_rate)) + 1
     peak = lo + int(np.argmax(rise[lo:hi]))
-    overall = float(rise[int(100 * n_fft / sample_rate):].max())
-    share = float(rise[peak]) / max(overall, 1e-12)
+    loudest = float(after[int(100 * n_fft / sample_rate):].max())
+    share = float(rise[peak]) / max(loudest, 1e-12)
     # A tone still ringing at the same pitch bends the difference, not the spectrum
     # after the onset: read the frequency off that spectrum's peak next to the rise's.
     near = max(int(0.03 * peak), 2)

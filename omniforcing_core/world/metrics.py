@@ -181,14 +181,22 @@ def released_boundaries(num_frames: int) -> list[int]:
 def seam_continuity(det: Detections, boundaries: Sequence[int] | None = None) -> dict[str, float]:
     """How far each track strays at a block's first frame from where its last two
     frames say it goes (constant-velocity prediction error, px), at the seams against
-    inside the blocks (median over tracks and frames). ~1 for a seamless stream."""
+    inside the blocks (median over tracks and frames). ~1 for a seamless stream.
+
+    Frames next to a detected impact are left out on both sides: a bounce changes the
+    velocity, which the physics explains, while a seam moves the position (a jump that
+    is no impact: it strays one way and then back)."""
     boundaries = released_boundaries(det.num_frames) if boundaries is None else list(boundaries)
     seam_errors, inside_errors = [], []
     skip = set(boundaries) | {b + 1 for b in boundaries}  # frames whose prediction spans a seam
-    for track in det.tracks.values():
+    for colour, track in det.tracks.items():
         p = track.positions
         error = np.full(p.shape[0], np.nan)
         error[2:] = np.linalg.norm(p[2:] - 2 * p[1:-1] + p[:-2], axis=1)
+        for impact in det.impacts:
+            if impact.colour == colour:
+                frame = int(math.floor(impact.time * det.fps))
+                error[max(frame - 1, 0): frame + 3] = np.nan
         seam_errors += [error[b] for b in boundaries if 2 <= b < p.shape[0] and np.isfinite(error[b])]
         inside_errors += [e for n, e in enumerate(error) if n not in skip and np.isfinite(e)]
     seam = float(np.median(seam_errors)) if seam_errors else NAN

@@ -43,7 +43,7 @@ RESTITUTION = 0.85
 # rather than coming to rest, so every clip keeps sounding.
 MIN_HOP_SPEED = 1.1
 MIN_SIDE_SPEED = 0.25  # heights / s, the same for walls
-MIN_PART_SPEED = 0.5  # heights / s: two shapes that meet always part, never stick
+MIN_PART_SPEED = 1.0  # heights / s: two shapes that meet always part, never stick
 MAX_EVENTS_PER_SECOND = 100  # per shape; a guard against endless collision chains
 
 
