@@ -3,7 +3,9 @@
 Stages: teacher, stage1, ode-pairs, stage2, stage3, export; ``all`` runs them in order and
 ``smoke`` runs them all with the checked-in tiny smoke config. Each stage reads the
 previous one's output in DIR, skips itself when its own output exists, and resumes from
-its last checkpoint when it was stopped.
+its last checkpoint when it was stopped. ``demo`` is the built-in demo model's whole
+recipe (codecs, encoded world, every stage, both layouts; ``configs/demo.toml`` by
+default), publishing each finished stage into the pack.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from .distributed import close_world, init_world
 from .runner import PIPELINE, run_stage
 
 CONFIGS = Path(__file__).parent / "configs"
-COMMANDS = [name.replace("_", "-") for name in PIPELINE] + ["all", "smoke"]
+COMMANDS = [name.replace("_", "-") for name in PIPELINE] + ["all", "smoke", "demo"]
+DEFAULT_CONFIGS = {"smoke": "smoke.toml", "demo": "demo.toml"}
 # The world's codecs and its pre-encoded latents (``codecs.py``): single-process, CPU or GPU.
 CODEC_COMMANDS = {"codecs": "run_codecs", "encode-world": "run_encode_world"}
 
@@ -31,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value, e.g. --set stage2.steps=50 (repeatable)")
     args = parser.parse_args(argv)
-    config_path = args.config or (CONFIGS / "smoke.toml" if args.command == "smoke" else None)
+    default = DEFAULT_CONFIGS.get(args.command)
+    config_path = args.config or (CONFIGS / default if default else None)
     if config_path is None:
         parser.error(f"{args.command} needs --config FILE (checked-in configs: {sorted(p.name for p in CONFIGS.glob('*.toml'))})")
     try:
@@ -49,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     world = init_world(args.device or config.run.device or None)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
+        if args.command == "demo":
+            from .demo import run_demo
+
+            run_demo(config, args.out, world)
+            return 0
         for stage in stages:
             run_stage(config, args.out, world, stage)
     finally:
