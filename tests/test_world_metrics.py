@@ -43,6 +43,16 @@ def test_ground_truth_is_in_sync(clips, truth):
     assert abs(crowded["median_offset_ms"]) < 1.5
 
 
+def test_visual_impacts_are_timed_between_frames(clips, truth):
+    errors = []
+    for seed in SEEDS:
+        scene = clips[seed].scene
+        for impact in truth[seed].impacts:
+            shape = [s.colour for s in scene.shapes].index(impact.colour)
+            errors.append(min(abs(i.time - impact.time) for i in scene.impacts if i.shape == shape))
+    assert max(errors) < 1 / 24 and np.median(errors) < 1e-3 and len(errors) >= 40
+
+
 def test_sync_reads_the_stereo_vocoder_rate_too(clips):
     clip = clips[9]
     sync = av_sync(detect_clip(clip.frames, clip.audio_24k, AUDIO_RATE))
@@ -119,6 +129,9 @@ def test_seam_continuity(clips, truth):
         # Seams next to an impact are left out: a bounce is no seam.
         assert 2 * len(clips[seed].scene.shapes) <= seams["seams"] <= 4 * len(clips[seed].scene.shapes)
         assert 0.8 <= seams["ratio"] <= 1.25
+    # A bounce that falls on a seam is no seam jump (in this clip one does).
+    bounce = render_clip(Scene.sample(25))
+    assert seam_continuity(detect_clip(bounce.frames, bounce.audio_16k, MEL_RATE))["ratio"] < 1.25
     # Every block after the first drawn 4 px further right: a jump at each seam.
     frames = clips[5].frames.copy()
     for boundary in released_boundaries(len(frames)):
