@@ -1,5 +1,6 @@
 """The ComfyUI nodes: thin layers over ``omniforcing_core``."""
 
+from .demo_prompt import OmniForcingDemoPrompt
 from .model import OmniForcingModelLoader
 from .prompt_file import OmniForcingSavePromptContext
 from .sampler import OmniForcingStreamingSampler
@@ -11,6 +12,7 @@ NODE_CLASS_MAPPINGS = {
     "OmniForcingStreamingSampler": OmniForcingStreamingSampler,
     "OmniForcingPromptSchedule": OmniForcingPromptSchedule,
     "OmniForcingSavePromptContext": OmniForcingSavePromptContext,
+    "OmniForcingDemoPrompt": OmniForcingDemoPrompt,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -19,4 +21,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "OmniForcingStreamingSampler": "OmniForcing Streaming Sampler",
     "OmniForcingPromptSchedule": "OmniForcing Prompt Schedule",
     "OmniForcingSavePromptContext": "OmniForcing Save Prompt Context",
+    "OmniForcingDemoPrompt": "OmniForcing Demo Prompt",
 }

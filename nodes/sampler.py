@@ -7,11 +7,13 @@ import time
 import torch
 
 from omniforcing_core import PromptSwitch, TextConditioning
+from omniforcing_core.conditioning import ConditioningError
 from omniforcing_core.host import available_host_memory
 from omniforcing_core.sampler import decode_blocks
 from omniforcing_core.layout import VIDEO_FPS
 
 from .comfy_bridge import bridge
+from .demo_prompt import DEMO_PROMPT_KEY
 from .live_preview import LivePreview
 from .model import OmniForcingModel
 from .settings import NodeStreamSettings
@@ -19,8 +21,9 @@ from .settings import NodeStreamSettings
 DECODE_MODES = ("full", "fast preview")
 
 
-def conditioning_to_text(conditioning, caption_channels: int) -> TextConditioning:
-    """ComfyUI's LTX-2 CONDITIONING ([B, tokens, 2 x width], video and audio halves) as text contexts."""
+def conditioning_to_text(conditioning, caption_channels: int, demo: bool = False) -> TextConditioning:
+    """ComfyUI's LTX-2 CONDITIONING ([B, tokens, 2 x width], video and audio halves) as text
+    contexts; ``demo``: for the built-in demo model, which says where its prompts come from."""
     if not conditioning:
         raise ValueError("the prompt is empty: connect a CONDITIONING from CLIPTextEncode")
     if len(conditioning) > 1:
@@ -34,7 +37,16 @@ def conditioning_to_text(conditioning, caption_channels: int) -> TextConditionin
             "this CONDITIONING comes from an LTX-2.3 text encoder setup; OmniForcing needs the LTX-2 (19B) "
             "text path: LTXAVTextEncoderLoader with the ltx-2-19b checkpoint, then CLIPTextEncode"
         )
-    return TextConditioning.from_joint(tensor.float(), caption_channels, extra.get("attention_mask"))
+    try:
+        return TextConditioning.from_joint(tensor.float(), caption_channels, extra.get("attention_mask"))
+    except ConditioningError as error:
+        if demo:
+            raise ConditioningError(f"the built-in demo model takes its prompt from the OmniForcing Demo Prompt "
+                                    f"node: {error}") from error
+        if extra.get(DEMO_PROMPT_KEY):
+            raise ConditioningError(f"this prompt comes from OmniForcing Demo Prompt, which only the built-in demo "
+                                    f"model reads: {error}") from error
+        raise
 
 
 class OmniForcingStreamingSampler:
@@ -53,7 +65,8 @@ class OmniForcingStreamingSampler:
         return {
             "required": {
                 "model": ("OMNIFORCING_MODEL",),
-                "positive": ("CONDITIONING", {"tooltip": "The prompt from the LTX-2 text encoder (CLIPTextEncode)."}),
+                "positive": ("CONDITIONING", {"tooltip": "The prompt from the LTX-2 text encoder (CLIPTextEncode), "
+                                                         "or from OmniForcing Demo Prompt for the built-in demo."}),
                 # The VAE decoder needs at least 2 x 2 latent cells (64 pixels) each way.
                 "width": ("INT", {"default": 768, "min": 64, "max": 4096, "step": 32}),
                 "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 32}),
@@ -81,10 +94,10 @@ class OmniForcingStreamingSampler:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         pipeline = model.pipeline
         layout = pipeline.layout
-        text = conditioning_to_text(positive, pipeline.caption_channels)
+        text = conditioning_to_text(positive, pipeline.caption_channels, model.demo)
         switches = [
             PromptSwitch(layout.block_at_second(change.second),
-                         conditioning_to_text(change.conditioning, pipeline.caption_channels),
+                         conditioning_to_text(change.conditioning, pipeline.caption_channels, model.demo),
                          blend_blocks=change.blend_seconds)
             for change in prompt_schedule
         ]

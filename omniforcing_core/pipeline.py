@@ -84,11 +84,13 @@ class StreamPipeline(nn.Module):
 
     @classmethod
     def demo(cls, *, device: torch.device | str = "cpu", dtype: torch.dtype | str = torch.float32,
-             generator: str = DEMO_GENERATOR, folder: str | os.PathLike | None = None) -> "StreamPipeline":
+             generator: str = DEMO_GENERATOR, folder: str | os.PathLike | None = None,
+             fp8_weights: bool = False, decoder_dtype: torch.dtype | str | None = None) -> "StreamPipeline":
         """The built-in demo model (``demo_model``): a complete generator whose base file
-        holds only the codecs (and the prompt encoder, see ``load_prompt_encoder``)."""
-        loaded = load_model(demo_path(generator, folder), device=device, dtype=dtype)
-        decoders = load_decoders(demo_path(DEMO_BASE, folder), device=device, dtype=dtype)
+        holds only the codecs (and the prompt encoder, see ``load_prompt_encoder``).
+        ``fp8_weights`` and ``decoder_dtype`` as in ``from_files`` (decoders default to ``dtype``)."""
+        loaded = load_model(demo_path(generator, folder), device=device, dtype=dtype, fp8_weights=fp8_weights)
+        decoders = load_decoders(demo_path(DEMO_BASE, folder), device=device, dtype=decoder_dtype or dtype)
         return cls(loaded.model, loaded.layout, decoders.video_vae, decoders.audio_vae, decoders.vocoder,
                    "built-in demo model (trained on the synthetic world: prompts like "
                    f"'{DEMO_PROMPT}')\n" + loaded.report.summary())

@@ -12,8 +12,14 @@ import torch
 import nodes
 from nodes import comfy_bridge, events
 from nodes.comfy_bridge import StandaloneBridge
-from omniforcing_core.conditioning import load_text_conditioning
+from nodes.demo_prompt import DEMO_PROMPT_KEY, demo_prompt_encoder
+from nodes.model import BUILT_IN_BASE, DEMO_GENERATOR
+from nodes.settings import NodeStreamSettings
+from omniforcing_core.checkpoint import CheckpointError, load_prompt_encoder
+from omniforcing_core.conditioning import TextConditioning, load_text_conditioning
 from omniforcing_core.demo import TINY_BASE_FILE, TINY_GENERATOR_FILE, write_tiny_checkpoints
+from omniforcing_core.demo_model import DEMO_BASE, DEMO_PROMPT
+from omniforcing_core.world.grammar import VOCABULARY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +114,7 @@ def test_pack_loads_like_comfyui_loads_it():
         sys.modules.pop("omniforcing_pack")
     assert set(pack.NODE_CLASS_MAPPINGS) == set(pack.NODE_DISPLAY_NAME_MAPPINGS) == {
         "OmniForcingModelLoader", "OmniForcingStreamSettings", "OmniForcingStreamingSampler",
-        "OmniForcingPromptSchedule", "OmniForcingSavePromptContext",
+        "OmniForcingPromptSchedule", "OmniForcingSavePromptContext", "OmniForcingDemoPrompt",
     }
     assert all(name.startswith("OmniForcing ") for name in pack.NODE_DISPLAY_NAME_MAPPINGS.values())
     assert pack.WEB_DIRECTORY == "./web"
@@ -116,8 +122,9 @@ def test_pack_loads_like_comfyui_loads_it():
 
 def test_input_definitions(bridge):
     loader = nodes.NODE_CLASS_MAPPINGS["OmniForcingModelLoader"].INPUT_TYPES()["required"]
-    assert loader["generator"][0] == [TINY_GENERATOR_FILE]
-    assert loader["base"][0] == [TINY_BASE_FILE]
+    # The built-in demo first (the default), its "(built in)" base last: a real generator defaults to a real base.
+    assert loader["generator"][0] == [DEMO_GENERATOR, TINY_GENERATOR_FILE]
+    assert loader["base"][0] == [TINY_BASE_FILE, BUILT_IN_BASE]
     assert loader["weight_dtype"][0] == ["auto", "bf16", "fp16", "fp32", "fp8"]
     sampler = nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamingSampler"]
     required = sampler.INPUT_TYPES()["required"]
@@ -314,3 +321,130 @@ def test_an_image_output_the_host_cannot_hold_is_refused_before_streaming(bridge
     with pytest.raises(MemoryError, match=r"needs 0\.1 GiB for 73 frames at 384x256, but only 0\.0 GiB"):
         node("OmniForcingStreamingSampler").sample(model, conditioning(), 384, 256, 3, 0, "full")
     assert bridge.events == []
+
+
+# The built-in demo (stand-in files: see demo_support) ----------------------------------
+
+
+@pytest.fixture
+def empty_bridge(tmp_path):
+    """A fresh ComfyUI: nothing in the model folders."""
+    recording = RecordingBridge(tmp_path / "models", tmp_path / "temp", tmp_path / "output")
+    comfy_bridge.use_bridge(recording)
+    yield recording
+    comfy_bridge.use_bridge(None)
+
+
+def load_demo(base=BUILT_IN_BASE, weight_dtype="auto"):
+    result = node("OmniForcingModelLoader").load(DEMO_GENERATOR, base, weight_dtype)
+    return result["result"][0], result["ui"]["text"][0]
+
+
+def demo_prompt(text=DEMO_PROMPT):
+    return node("OmniForcingDemoPrompt").encode(text)[0]
+
+
+def test_the_demo_is_offered_and_loads_with_empty_model_folders(empty_bridge, use_stand_in_demo):
+    required = nodes.NODE_CLASS_MAPPINGS["OmniForcingModelLoader"].INPUT_TYPES()["required"]
+    assert required["generator"][0] == [DEMO_GENERATOR] and required["base"][0] == [BUILT_IN_BASE]
+    assert "Ignored with the built-in demo" in required["base"][1]["tooltip"]
+    model, info = load_demo()
+    assert model.demo is True
+    assert "built-in demo model" in info and "layout: paper" in info and "audio sink tokens: 4" in info
+    assert "ignored" not in info
+    assert model.pipeline.transformer.patchify_proj.weight.dtype == torch.float32
+    assert next(model.pipeline.video_vae.parameters()).dtype == torch.float32
+
+
+def test_a_real_base_beside_the_demo_is_ignored_and_said_so(bridge, use_stand_in_demo):
+    model, info = load_demo(base=TINY_BASE_FILE)
+    assert info.endswith(f"base {TINY_BASE_FILE} ignored: the demo carries its own codecs")
+    assert model.pipeline.info.sink_tokens == 4  # the demo, not the tiny generator beside it
+
+
+def test_the_demo_in_fp8_stores_its_block_weights_in_fp8(empty_bridge, use_stand_in_demo):
+    model, _ = load_demo(weight_dtype="fp8")
+    dtypes = {p.dtype for n, p in model.pipeline.transformer.named_parameters() if n.endswith("to_q.weight")}
+    assert dtypes == {torch.float8_e4m3fn}
+
+
+def test_the_built_in_base_does_not_go_with_a_real_generator(bridge):
+    with pytest.raises(ValueError, match=r"base \(built in\) goes with the built-in demo only"):
+        node("OmniForcingModelLoader").load(TINY_GENERATOR_FILE, BUILT_IN_BASE, "auto")
+
+
+def test_missing_demo_files_are_named(empty_bridge, no_demo):
+    with pytest.raises(CheckpointError, match="built-in demo model file .* is missing"):
+        load_demo()
+    with pytest.raises(CheckpointError, match="built-in demo model file .* is missing"):
+        demo_prompt()
+
+
+def test_demo_prompt_is_ltx2_conditioning_with_its_mask(use_stand_in_demo):
+    ((joint, options),) = demo_prompt("a white box hops")
+    expected = load_prompt_encoder(use_stand_in_demo / DEMO_BASE)("a white box hops")
+    assert joint.shape == (1, 16, 64) and joint.dtype == torch.float32 and not joint.requires_grad
+    assert torch.equal(joint[..., :32], expected.video) and torch.equal(joint[..., 32:], expected.audio)
+    assert options["attention_mask"].tolist() == [[True] * 4 + [False] * 12]
+    assert options[DEMO_PROMPT_KEY] is True and options["pooled_output"] is None
+    # The empty prompt is the learned unconditional context, every slot visible.
+    ((null, null_options),) = demo_prompt("")
+    encoder = demo_prompt_encoder()
+    assert torch.equal(null[0, :, :32], encoder.null_video) and bool(null_options["attention_mask"].all())
+
+
+def test_the_demo_prompt_encoder_is_loaded_once(use_stand_in_demo, monkeypatch):
+    first = demo_prompt_encoder()
+    monkeypatch.setattr("nodes.demo_prompt.load_prompt_encoder",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded again")))
+    assert demo_prompt_encoder() is first
+    demo_prompt("a red ball bounces")
+
+
+def test_unknown_words_are_refused_in_the_node(use_stand_in_demo):
+    cls = nodes.NODE_CLASS_MAPPINGS["OmniForcingDemoPrompt"]
+    verdict = cls.VALIDATE_INPUTS(text="a purple ball bounces")
+    assert verdict.startswith("the word 'purple' is not in the world's prompt vocabulary")
+    assert verdict.endswith(" ".join(VOCABULARY))
+    assert cls.VALIDATE_INPUTS(text=DEMO_PROMPT) is True
+    with pytest.raises(ValueError, match="the word 'purple'"):
+        demo_prompt("a purple ball bounces")
+    text = cls.INPUT_TYPES()["required"]["text"]
+    assert text[1]["default"] == DEMO_PROMPT and text[1]["multiline"] is True
+    for word in ("yellow", "wedge", "hops", "off the walls"):
+        assert word in text[1]["tooltip"]
+
+
+def test_the_sampler_streams_the_demo_with_the_demo_prompt(empty_bridge, use_stand_in_demo):
+    model, _ = load_demo()
+    prompt = demo_prompt("a white box hops")
+    result = node("OmniForcingStreamingSampler").sample(model, prompt, 192, 128, 2, 5, "full", unique_id="3")
+    images, audio, fps, latent = result["result"]
+    assert images.shape == (49, 128, 192, 3) and tuple(audio["waveform"].shape) == (1, 2, 48240)
+    # The paper layout: the prefix block, then one block per second.
+    assert empty_bridge.event_names() == [events.START, events.BLOCK, events.BLOCK, events.BLOCK, events.END]
+    # The node hands the core exactly the encoder's contexts, mask included.
+    settings_ = NodeStreamSettings.defaults()
+    encoded = load_prompt_encoder(use_stand_in_demo / DEMO_BASE)("a white box hops")
+
+    def core_video_latent(text):
+        stream = model.pipeline.sampler(settings_.stream).stream(text, 2, 128, 192, seed=5)
+        return torch.cat([block.video for block in stream], dim=2)
+
+    assert torch.equal(latent["samples"][0], core_video_latent(encoded))
+    unmasked = core_video_latent(TextConditioning(encoded.video, encoded.audio))
+    assert (unmasked - latent["samples"][0]).abs().max() > 1e-4  # the mask matters, so passing it is tested
+
+
+@pytest.mark.parametrize(
+    ("demo_model", "prompt", "message"),
+    [
+        (True, conditioning(width=7680), "the built-in demo model takes its prompt from the OmniForcing Demo Prompt"),
+        (False, conditioning(width=30, extra={DEMO_PROMPT_KEY: True}),
+         "this prompt comes from OmniForcing Demo Prompt, which only the built-in demo model reads"),
+    ],
+)
+def test_demo_and_real_prompts_do_not_mix(bridge, use_stand_in_demo, demo_model, prompt, message):
+    model = load_demo()[0] if demo_model else load_tiny()[0]
+    with pytest.raises(ValueError, match=message):
+        node("OmniForcingStreamingSampler").sample(model, prompt, 192, 128, 1, 0, "full", unique_id="7")
