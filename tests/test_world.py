@@ -1,3 +1,4 @@
+import json
 import math
 import time
 
@@ -35,6 +36,14 @@ def test_clip_shapes_follow_the_vae_clock(clip):
     assert small.frames.shape == (9, 64, 96, 3)
     with pytest.raises(ValueError, match="multiple of 8"):
         Scene.sample(0, seconds=0.5)
+
+
+def test_truth_is_plain_json(clip):
+    record = json.loads(json.dumps(clip.truth.to_dict()))
+    assert record["kinds"] == list(clip.truth.kinds) and len(record["impacts"]) == len(clip.truth.impacts)
+    assert np.allclose(record["positions"], clip.truth.positions, atol=1e-4)
+    first = clip.truth.impacts[0]
+    assert record["impacts"][0]["time"] == first.time and record["impacts"][0]["wall"] == first.wall
 
 
 def test_world_is_deterministic_from_its_seed(clip):

@@ -85,7 +85,7 @@ def _span(any_along: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def track_shapes(frames: np.ndarray, palette: Mapping[str, tuple[int, int, int]] = COLOURS,
                  background: tuple[int, int, int] = BACKGROUND, max_distance: float = 80.0,
-                 min_area: int = 12, margin: int = 6, min_presence: float = 0.1) -> dict[str, Track]:
+                 min_area: int = 6, margin: int = 6, min_presence: float = 0.1) -> dict[str, Track]:
     """One track per palette colour seen in at least ``min_presence`` of the frames."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:

@@ -31,6 +31,16 @@ class Truth:
     kinds: tuple[str, ...]
     colours: tuple[str, ...]
 
+    def to_dict(self) -> dict:
+        """Plain lists and numbers (JSON), e.g. to store beside encoded latents."""
+        return {
+            "kinds": list(self.kinds),
+            "colours": list(self.colours),
+            "positions": np.round(self.positions, 4).tolist(),
+            "impacts": [dict(time=i.time, shape=i.shape, position=list(i.position), speed=i.speed,
+                             wall=i.wall, other=i.other) for i in self.impacts],
+        }
+
 
 @dataclass(frozen=True)
 class Clip:
