@@ -41,6 +41,8 @@ from pathlib import Path
 
 import pytest
 from test_workflows import (
+    DEMO_TEMPLATE,
+    REAL_MODEL_TEMPLATES,
     REPO,
     TEMPLATES,
     core_snapshot,
@@ -451,7 +453,7 @@ def test_server_definitions_match_what_ci_validates_against(comfy):
         assert comfy.get(f"/api/workflow_templates/omniforcing/{name}.json") == load_template(name)
 
 
-@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize("name", REAL_MODEL_TEMPLATES)
 def test_templates_as_shipped_pass_validation_but_for_the_missing_gemma_file(comfy, name):
     """The server's own /prompt validation of the unchanged templates: the only complaint is the
     text encoder file, the one model file this server does not have."""
@@ -508,6 +510,29 @@ def test_long_stream_template_with_window_and_prompt_switch(comfy, record_proper
     same = [block_frames(comfy, a) == block_frames(comfy, b)
             for a, b in zip(run.data("omniforcing.block"), unswitched.data("omniforcing.block"), strict=True)]
     assert same == [True, True, True, False, False, False]
+
+
+def test_the_demo_template_runs_as_shipped_with_no_demo_file_in_the_model_folders(comfy, record_property):
+    """The demo template unchanged but for its length: the built-in demo model from the pack's own
+    files, prompted by OmniForcing Demo Prompt, into CreateVideo + SaveVideo."""
+    from omniforcing_core.demo_model import DEMO_GENERATOR, DEMO_HEIGHT, DEMO_WIDTH, demo_available
+    from omniforcing_core.layout import BlockLayout
+
+    if not demo_available():
+        pytest.skip("the built-in demo's files are not in omniforcing_core/assets/demo")
+    assert not list((comfy.base / "models").rglob(DEMO_GENERATOR))
+    prompt = ui_to_api(load_template(DEMO_TEMPLATE), *definitions_from(comfy))
+    ids = {node["class_type"]: key for key, node in prompt.items()}
+    prompt[ids["OmniForcingStreamingSampler"]]["inputs"]["seconds"] = 2
+    started = time.monotonic()
+    run = comfy.run(prompt)
+    assert run.outcome == "execution_success", run.data("execution_error")
+    blocks = BlockLayout.paper().blocks(2)
+    assert [block["index"] for block in run.data("omniforcing.block")] == list(range(len(blocks)))
+    media = probe_mp4(saved_video(comfy, run, ids["SaveVideo"]))
+    assert (media["size"], media["frames"], media["sample_rate"]) == ((DEMO_WIDTH, DEMO_HEIGHT), 49, 24000)
+    record_property("demo", {"wall_s": round(time.monotonic() - started, 2),
+                             "block_s": [block["block_s"] for block in run.data("omniforcing.block")]})
 
 
 def test_the_model_loads_once_and_shows_what_it_detected(comfy):

@@ -25,7 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
 CORE_NODES = Path(__file__).parent / "data" / "comfy_core_nodes.json"
 
-TEMPLATES = ("omniforcing_t2av_5s", "omniforcing_realtime_3step", "omniforcing_long_stream_60s")
+# Templates of real models (LTX-2 files to download), and the built-in demo's (nothing to download).
+REAL_MODEL_TEMPLATES = ("omniforcing_t2av_5s", "omniforcing_realtime_3step", "omniforcing_long_stream_60s")
+DEMO_TEMPLATE = "omniforcing_demo"
+TEMPLATES = (DEMO_TEMPLATE, *REAL_MODEL_TEMPLATES)
 # The folder names ComfyUI 0.20.1 serves templates from (app/custom_node_manager.py); a pack
 # must use one of them, and only one, or two folders would claim the same URL prefix.
 TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
@@ -143,7 +146,7 @@ def widget_value_error(node_type: str, slot: WidgetSlot, value) -> str | None:
         return None if value in CONTROL_VALUES else f"control_after_generate of {spec.name} is {value!r}, not one of {CONTROL_VALUES}"
     if spec.type == "COMBO":
         suffixes = MODEL_FILE_INPUTS.get((node_type, spec.name))
-        if suffixes is not None:
+        if suffixes is not None and value not in spec.choices:  # a listed choice (the built-in demo) needs no file
             if not (isinstance(value, str) and value.endswith(suffixes)):
                 return f"{spec.name} = {value!r} does not name a {' or '.join(suffixes)} model file"
             return None
@@ -329,7 +332,7 @@ def known():
     return definitions()
 
 
-def test_the_template_browser_lists_exactly_the_three_templates():
+def test_the_template_browser_lists_exactly_the_four_templates():
     present = [folder for folder in TEMPLATE_FOLDERS if (REPO / folder).is_dir()]
     assert present == ["workflows"]
     # ComfyUI lists every *.json in the folder as a template, named by the file's stem.
@@ -380,7 +383,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize("name", REAL_MODEL_TEMPLATES)
 def test_template_settings(name, known):
     definitions_, _ = known
     workflow = load_template(name)
@@ -425,7 +428,89 @@ def test_template_settings(name, known):
         assert api[first]["inputs"]["text"] != api[second]["inputs"]["text"]
 
 
-@pytest.mark.parametrize("name", TEMPLATES)
+def test_the_demo_template_streams_the_built_in_demo_and_names_no_file(known):
+    from nodes import NODE_CLASS_MAPPINGS
+    from nodes.demo_prompt import grammar_help
+    from nodes.model import BUILT_IN_BASE, DEMO_GENERATOR
+    from omniforcing_core.demo_model import DEMO_HEIGHT, DEMO_PROMPT, DEMO_WIDTH
+
+    definitions_, _ = known
+    workflow = load_template(DEMO_TEMPLATE)
+    assert sorted(node["type"] for node in workflow["nodes"]) == sorted([
+        "OmniForcingDemoPrompt", "OmniForcingModelLoader", "OmniForcingStreamingSampler", "CreateVideo", "SaveVideo",
+        "MarkdownNote"])
+    (loader,) = nodes_of(workflow, "OmniForcingModelLoader")
+    assert widgets(loader, definitions_) == {"generator": DEMO_GENERATOR, "base": BUILT_IN_BASE, "weight_dtype": "auto"}
+    (prompt,) = nodes_of(workflow, "OmniForcingDemoPrompt")
+    assert widgets(prompt, definitions_) == {"text": DEMO_PROMPT}
+    assert NODE_CLASS_MAPPINGS["OmniForcingDemoPrompt"].VALIDATE_INPUTS(text=DEMO_PROMPT) is True
+    (sampler,) = nodes_of(workflow, "OmniForcingStreamingSampler")
+    sampled = widgets(sampler, definitions_)
+    assert (sampled["width"], sampled["height"], sampled["seconds"], sampled["decode"]) == (DEMO_WIDTH, DEMO_HEIGHT, 5,
+                                                                                           "full")
+    assert not any(node["properties"].get("models") for node in workflow["nodes"])  # nothing to download
+    api = ui_to_api(workflow, *known)
+    assert api[str(sampler["id"])]["inputs"]["positive"] == [str(prompt["id"]), 0]
+    assert api[str(sampler["id"])]["inputs"]["model"] == [str(loader["id"]), 0]
+    create = next(node for node in api.values() if node["class_type"] == "CreateVideo")
+    assert create["inputs"] == {"images": [str(sampler["id"]), 0], "audio": [str(sampler["id"]), 1],
+                                "fps": [str(sampler["id"]), 2]}
+    (save,) = nodes_of(workflow, "SaveVideo")
+    assert widgets(save, definitions_) == {"filename_prefix": "video/omniforcing_demo", "format": "mp4", "codec": "h264"}
+    (note,) = nodes_of(workflow, "MarkdownNote")
+    assert "Nothing to download" in note["widgets_values"][0] and grammar_help() in note["widgets_values"][0]
+
+
+def run_pack_nodes(api: dict) -> dict[str, tuple]:
+    """Run the pack's nodes of an API prompt in dependency order, as ComfyUI would (validation
+    first); core nodes are left out. Returns each node's outputs by node id."""
+    from nodes import NODE_CLASS_MAPPINGS
+
+    ours = {key: node for key, node in api.items() if node["class_type"] in NODE_CLASS_MAPPINGS}
+    results: dict[str, tuple] = {}
+    while len(results) < len(ours):
+        for key, node in ours.items():
+            links = [value for value in node["inputs"].values() if isinstance(value, list)]
+            if key in results or any(source not in results for source, _ in links):
+                continue
+            cls = NODE_CLASS_MAPPINGS[node["class_type"]]
+            inputs = {name: results[value[0]][value[1]] if isinstance(value, list) else value
+                      for name, value in node["inputs"].items()}
+            if hasattr(cls, "VALIDATE_INPUTS"):
+                assert cls.VALIDATE_INPUTS(**inputs) is True, key
+            if "hidden" in cls.INPUT_TYPES():
+                inputs["unique_id"] = key
+            output = getattr(cls(), cls.FUNCTION)(**inputs)
+            results[key] = output["result"] if isinstance(output, dict) else output
+    return results
+
+
+def test_the_demo_template_runs_with_nothing_in_the_model_folders(tmp_path, use_stand_in_demo):
+    from nodes import comfy_bridge
+    from nodes.comfy_bridge import StandaloneBridge
+
+    class FreshInstall(StandaloneBridge):
+        def temp_dir(self):
+            return tmp_path / "temp"
+
+    comfy_bridge.use_bridge(FreshInstall(tmp_path / "models"))
+    try:
+        # The definitions a fresh install serves: the template's choices must be among them.
+        snapshot = core_snapshot()
+        fresh = {**snapshot["object_info"], **snapshot["frontend_only"], **pack_object_info()}
+        workflow = load_template(DEMO_TEMPLATE)
+        assert validate_template(workflow, fresh, set(snapshot["frontend_only"])) == []
+        api = ui_to_api(workflow, fresh, set(snapshot["frontend_only"]))
+        (sampler_id,) = [key for key, node in api.items() if node["class_type"] == "OmniForcingStreamingSampler"]
+        api[sampler_id]["inputs"]["seconds"] = 1  # a CPU-sized run of the same graph
+        images, audio, fps, _ = run_pack_nodes(api)[sampler_id]
+    finally:
+        comfy_bridge.use_bridge(None)
+    assert images.shape == (25, 128, 192, 3) and fps == 24.0  # the prefix frame and one second
+    assert audio["sample_rate"] == 24000 and audio["waveform"].shape == (1, 2, 24240)
+
+
+@pytest.mark.parametrize("name", REAL_MODEL_TEMPLATES)
 def test_the_note_names_every_model_file_and_folder(name, known):
     definitions_, _ = known
     workflow = load_template(name)
