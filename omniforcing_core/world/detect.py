@@ -1,10 +1,10 @@
 """Detectors for any clip of the world: decoded frames (uint8 [N, H, W, 3]) and sound.
 
-Tracks come from colour segmentation (one shape per colour, as the world draws them),
+Tracks come from colour segmentation (one shape per colour, as the world draws them);
 visual impacts are sudden velocity changes of a track (a reversal at a wall, a kink
-where two shapes meet) located between frames, audio
-onsets are sudden rises of narrow-band energy located to a millisecond, each with the
-pitch of the energy it added.
+where two shapes meet), timed between frames; audio onsets are sudden rises of
+narrow-band energy, timed to about a millisecond, each with the pitch of the energy it
+added.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Track:
 class VisualImpact:
     time: float  # s, between frames
     colour: str
-    axis: str  # "x" (a side wall) or "y" (floor or ceiling)
+    axis: str  # the velocity component that changed: "x" or "y"
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def track_shapes(frames: np.ndarray, palette: Mapping[str, tuple[int, int, int]]
 # Visual impacts ------------------------------------------------------------------------
 
 
-def _merge(events: list, alike) -> list:
+def merge_events(events: list, alike) -> list:
     """Keep the earliest of each run of alike events closer than MERGE_S."""
     kept = []
     for event in sorted(events, key=lambda e: e.time):
@@ -196,7 +196,7 @@ def visual_impacts(tracks: Mapping[str, Track], fps: float = FPS, min_jump_px: f
                     if abs(slope_b - slope_a) >= 0.5 * min_jump_px:
                         t = float(np.clip((offset_a - offset_b) / (slope_b - slope_a), first - 1, last + 1))
                 events.append(VisualImpact(t / fps, track.colour, name))
-    return _merge(events, lambda a, b: a.colour == b.colour)
+    return merge_events(events, lambda a, b: a.colour == b.colour)
 
 
 # Audio onsets ----------------------------------------------------------------------------
@@ -242,6 +242,8 @@ def audio_onsets(audio: np.ndarray, sample_rate: int, snr: float = 8.0, rise: fl
     if audio.ndim == 2:
         audio = audio.mean(axis=0)
     window_len = int(round(0.016 * sample_rate))
+    if audio.size < 2 * window_len:
+        return []
     hop = max(int(round(0.001 * sample_rate)), 1)
     window = np.hanning(window_len)
     half = window_len // 2
@@ -275,7 +277,7 @@ def audio_onsets(audio: np.ndarray, sample_rate: int, snr: float = 8.0, rise: fl
             level = 0.5 * (trace[0] + trace[-1])
             up = int(np.argmax(trace >= level))
             frac = 0.0 if up == 0 else (level - trace[up - 1]) / max(trace[up] - trace[up - 1], 1e-12)
-            time = (max(k - lag, 0) + up - 1 + frac) * hop / sample_rate if up else max(k - lag, 0) * hop / sample_rate
+            time = (max(k - lag, 0) + (up - 1 + frac if up else 0.0)) * hop / sample_rate
             low, high = (b0 - 0.5) * bin_hz, (b1 - 0.5) * bin_hz
             pitch, share = _added_pitch(audio, sample_rate, int(round(time * sample_rate)), low / 1.25, high * 1.25)
             # A tone's start splashes into the bands around it in a short window; over
@@ -293,4 +295,4 @@ def audio_onsets(audio: np.ndarray, sample_rate: int, snr: float = 8.0, rise: fl
         if not any(abs(onset.time - o.time) < DUPLICATE_S and same_pitch(onset, o) for o in distinct):
             distinct.append(onset)
     # Tones of one pitch closer than MERGE_S are one sound: the first.
-    return _merge(distinct, same_pitch)
+    return merge_events(distinct, same_pitch)

@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .detect import MERGE_S, Onset, Track, VisualImpact, audio_onsets, track_shapes, visual_impacts
+from .detect import Onset, Track, VisualImpact, audio_onsets, merge_events, track_shapes, visual_impacts
 from .grammar import parse
 from .scene import FPS, PITCHES
 
@@ -49,19 +49,16 @@ def detect_clip(frames: np.ndarray, audio: np.ndarray, sample_rate: int, fps: fl
 def _sounding_impacts(det: Detections) -> list[VisualImpact]:
     """Visual impacts as the ear hears them: shapes of one kind ring at one pitch, so
     their impacts closer than MERGE_S are one sound (the earliest)."""
-    kept = []
-    for impact in sorted(det.impacts, key=lambda i: i.time):
-        kind = det.tracks[impact.colour].kind or impact.colour
-        if any((det.tracks[k.colour].kind or k.colour) == kind and impact.time - k.time < MERGE_S for k in kept):
-            continue
-        kept.append(impact)
-    return kept
+    def kind(impact: VisualImpact) -> str:
+        return det.tracks[impact.colour].kind or impact.colour
+
+    return merge_events(list(det.impacts), lambda a, b: kind(a) == kind(b))
 
 
-def _pitch_fits(det: Detections, impact: VisualImpact, onset: Onset, pitches: Mapping[str, float],
-                tolerance_cents: float) -> bool:
+def _cents_off(det: Detections, impact: VisualImpact, onset: Onset, pitches: Mapping[str, float]) -> float:
+    """How far the onset's pitch is from that of the shape that hit (inf if unknown)."""
     kind = det.tracks[impact.colour].kind
-    return bool(kind) and onset.pitch > 0 and abs(1200.0 * math.log2(onset.pitch / pitches[kind])) <= tolerance_cents
+    return abs(1200.0 * math.log2(onset.pitch / pitches[kind])) if kind and onset.pitch > 0 else math.inf
 
 
 def clip_lag(impacts: Sequence[VisualImpact], onsets: Sequence[Onset], max_offset_s: float,
@@ -86,8 +83,8 @@ def match_events(det: Detections, impacts: Sequence[VisualImpact], onsets: Seque
     goes first: a pitch that does not fit counts as PITCH_PENALTY_S further off."""
     lag = clip_lag(impacts, onsets, max_offset_s)
     pairs = sorted(
-        (abs(onset.time - impact.time - lag) + (0.0 if _pitch_fits(det, impact, onset, pitches, tolerance_cents)
-                                                else PITCH_PENALTY_S), i, j)
+        (abs(onset.time - impact.time - lag)
+         + (0.0 if _cents_off(det, impact, onset, pitches) <= tolerance_cents else PITCH_PENALTY_S), i, j)
         for i, impact in enumerate(impacts) for j, onset in enumerate(onsets)
         if abs(onset.time - impact.time) <= max_offset_s
     )
@@ -105,7 +102,10 @@ def _scored(det: Detections, max_offset_s: float, edge_s: float):
     be seen on both sides (a pair counts by its impact's time)."""
     impacts, onsets = _sounding_impacts(det), list(det.onsets)
     matched = match_events(det, impacts, onsets, max_offset_s)
-    inside = lambda t: edge_s <= t <= det.duration - edge_s  # noqa: E731
+
+    def inside(time: float) -> bool:
+        return edge_s <= time <= det.duration - edge_s
+
     pairs = [(impacts[i], onsets[j]) for i, j in matched if inside(impacts[i].time)]
     matched_i, matched_j = {i for i, _ in matched}, {j for _, j in matched}
     missed = [x for i, x in enumerate(impacts) if i not in matched_i and inside(x.time)]
@@ -139,11 +139,7 @@ def pitch_accuracy(det: Detections, pitches: Mapping[str, float] = PITCHES, tole
                    max_offset_s: float = 0.2, edge_s: float = 0.1) -> dict[str, float]:
     """Of the matched impact-onset pairs, the share whose pitch is the hitting shape's."""
     pairs, _, _ = _scored(det, max_offset_s, edge_s)
-    errors = np.array([
-        abs(1200.0 * math.log2(onset.pitch / pitches[det.tracks[impact.colour].kind]))
-        if det.tracks[impact.colour].kind and onset.pitch > 0 else math.inf
-        for impact, onset in pairs
-    ])
+    errors = np.array([_cents_off(det, impact, onset, pitches) for impact, onset in pairs])
     return {
         "pairs": float(errors.size),
         "correct_share": float((errors <= tolerance_cents).mean()) if errors.size else 0.0,
