@@ -1,6 +1,7 @@
 import json
 import math
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -36,6 +37,11 @@ def test_clip_shapes_follow_the_vae_clock(clip):
     assert small.frames.shape == (9, 64, 96, 3)
     with pytest.raises(ValueError, match="multiple of 8"):
         Scene.sample(0, seconds=0.5)
+    scene = Scene.sample(1)
+    with pytest.raises(ValueError, match="distinct colours"):
+        Scene(1, 5.0, (128, 192), scene.shapes + scene.shapes)
+    with pytest.raises(ValueError, match="hexagon"):
+        Scene(1, 5.0, (128, 192), (replace(scene.shapes[0], kind="hexagon"),))
 
 
 def test_truth_is_plain_json(clip):

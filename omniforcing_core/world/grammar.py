@@ -5,8 +5,8 @@
     verb    := bounce(s) | fall(s) | hop(s)   (singular with one shape)
     tail    := "around" | "off the walls" | "and bounce(s)"
 
-"a red ball and a blue triangle bounce", "a white cube , a green disc and a red wedge hop
-around". Words are lower case and separated by spaces; a comma is a word of its own.
+"a red ball and a blue triangle bounce", "a white cube, a green disc and a red wedge hop
+around". Case does not matter, a full stop is ignored and a comma is a word of its own.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def describe(scene) -> str:
     if len(phrases) == 1:
         subject = phrases[0]
     else:
-        subject = " , ".join(phrases[:-1]) + " and " + phrases[-1]
+        subject = ", ".join(phrases[:-1]) + " and " + phrases[-1]
     plural = len(phrases) > 1
     verb = scene.verb if plural else VERBS[scene.verb]
     tail = TAILS[int(rng.integers(len(TAILS)))]

@@ -115,6 +115,15 @@ class Scene:
         height, width = self.size
         if height < 32 or width < 32:
             raise ValueError(f"frame size {self.size} is too small; the world needs at least 32x32 pixels")
+        for shape in self.shapes:
+            if shape.kind not in KINDS or shape.colour not in COLOURS:
+                raise ValueError(
+                    f"a {shape.colour} {shape.kind} is not in the world: kinds {KINDS}, colours {tuple(COLOURS)}"
+                )
+        colours = [shape.colour for shape in self.shapes]
+        if not colours or len(set(colours)) != len(colours):
+            # The detectors track a shape by its colour.
+            raise ValueError(f"a scene needs one or more shapes of distinct colours, got {colours}")
         segments, impacts = _simulate(self)
         object.__setattr__(self, "segments", segments)
         object.__setattr__(self, "impacts", impacts)
