@@ -13,22 +13,33 @@ import pytest
 import torch
 
 from omniforcing_core import demo_model
-from omniforcing_core.demo import write_tiny_checkpoints
-from omniforcing_core.demo_model import DEMO_BASE, DEMO_GENERATOR, write_demo_base
+from omniforcing_core.demo import TINY_GENERATOR_FILE, tiny_model, write_tiny_checkpoints
+from omniforcing_core.demo_model import (
+    DEMO_BASE,
+    DEMO_GENERATOR,
+    DEMO_RELEASED_GENERATOR,
+    write_demo_base,
+    write_demo_generator,
+)
+from omniforcing_core.layout import BlockLayout
 from omniforcing_core.world.prompts import WorldPromptConfig, WorldPromptEncoder
 
 SINK_TOKENS = 4
+PROVENANCE = {"stand_in": "random weights for the tests"}
 
 
 def write_stand_in_demo(folder: str | Path, seed: int = 0) -> Path:
-    """A demo folder (generator + base file with the codecs and a prompt encoder) in ``folder``."""
+    """A demo folder in ``folder``: the paper-layout generator, the released-layout one and
+    the base file with the codecs and a prompt encoder."""
     folder = Path(folder)
-    generator, tiny_base = write_tiny_checkpoints(folder / "tiny", seed=seed, audio_sink_tokens=SINK_TOKENS)
-    generator.rename(folder / DEMO_GENERATOR)
+    _, tiny_base = write_tiny_checkpoints(folder / "tiny", seed=seed)
+    write_demo_generator(folder / DEMO_GENERATOR, tiny_model(seed, SINK_TOKENS), BlockLayout.paper(), PROVENANCE)
+    write_demo_generator(folder / DEMO_RELEASED_GENERATOR, tiny_model(seed + 1), BlockLayout.released(), PROVENANCE)
+    (folder / "tiny" / TINY_GENERATOR_FILE).unlink()
     torch.manual_seed(seed)
     # Small widths keep it fast; caption_channels must be the tiny transformer's.
     encoder = WorldPromptEncoder(WorldPromptConfig(caption_channels=32, width=32, num_layers=1, heads=2))
-    write_demo_base(folder / DEMO_BASE, tiny_base, encoder.eval())
+    write_demo_base(folder / DEMO_BASE, tiny_base, encoder.eval(), PROVENANCE)
     tiny_base.unlink()
     (folder / "tiny").rmdir()
     return folder

@@ -1,0 +1,157 @@
+"""The built-in demo model's files as test material, and the template thumbnail made from them.
+
+The checks of the files run on the stand-in (so they are known to work and to fail) and on
+the shipped files when this checkout has them; the world metrics need the trained model and
+run only on the shipped files.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from benchmarks import thumbnails
+from omniforcing_core import demo_model
+from omniforcing_core.checkpoint import load_decoders, load_model, load_prompt_encoder
+from omniforcing_core.conditioning import TextConditioning
+from omniforcing_core.demo_model import (
+    DEMO_BASE,
+    DEMO_GENERATOR,
+    DEMO_HEIGHT,
+    DEMO_PROMPT,
+    DEMO_RELEASED_GENERATOR,
+    DEMO_WIDTH,
+    demo_available,
+)
+from omniforcing_core.pipeline import StreamPipeline
+from omniforcing_core.world.metrics import evaluate
+
+shipped = pytest.mark.skipif(not demo_available(), reason="the trained demo files are not in omniforcing_core/assets/demo")
+
+
+def check_loads_like_a_users_files(folder):
+    """The demo's files through the loaders users' files go through, nothing special."""
+    loaded = load_model(folder / DEMO_GENERATOR, dtype=torch.float32)
+    assert loaded.layout.name == "paper" and loaded.sink_tokens > 0  # the paper's design
+    released = load_model(folder / DEMO_RELEASED_GENERATOR, dtype=torch.float32)
+    assert (released.layout.name, released.sink_tokens) == ("released", 0)
+    assert released.config.caption_channels == loaded.config.caption_channels
+    decoders = load_decoders(folder / DEMO_BASE)
+    assert decoders.vocoder.sample_rate == 24000
+    encoder = load_prompt_encoder(folder / DEMO_BASE)
+    assert encoder.config.caption_channels == loaded.config.caption_channels
+    for name in (DEMO_GENERATOR, DEMO_RELEASED_GENERATOR, DEMO_BASE):
+        with safe_open(str(folder / name), "pt") as file:
+            assert isinstance(json.loads(file.metadata()["omniforcing_training"]), dict), name
+    # The pipeline the command and the loader node build holds exactly those weights, and streams.
+    pipeline = StreamPipeline.demo(folder=folder)
+    expected = loaded.model.state_dict()
+    assert all(torch.equal(value, expected[key]) for key, value in pipeline.transformer.state_dict().items())
+    with torch.no_grad():
+        blocks = list(pipeline.sampler().stream(encoder(DEMO_PROMPT), 1, DEMO_HEIGHT, DEMO_WIDTH,
+                                                decoder=pipeline.decoder()))
+    frames = torch.cat([block.decoded.frames for block in blocks])
+    assert frames.shape == (25, DEMO_HEIGHT, DEMO_WIDTH, 3) and torch.isfinite(frames).all()
+
+
+def test_stand_in_files_load_like_a_users_files(stand_in_folder):
+    check_loads_like_a_users_files(stand_in_folder)
+
+
+@shipped
+def test_shipped_files_load_like_a_users_files():
+    check_loads_like_a_users_files(demo_model.DEMO_FOLDER)
+    total = sum((demo_model.DEMO_FOLDER / name).stat().st_size
+                for name in (DEMO_GENERATOR, DEMO_RELEASED_GENERATOR, DEMO_BASE))
+    assert total < 50 * 2**20  # small enough to live in git
+
+
+# World metrics of a demo stream against those of noise --------------------------------------
+
+PROMPTS = ((DEMO_PROMPT, 0), ("a green wedge hops around", 1))
+SCORES = ("prompt.recall", "sync.within_frame_share", "pitch.correct_share", "sync.matched")
+
+
+def stream_metrics(pipeline: StreamPipeline, text: TextConditioning, prompt: str, seed: int) -> dict[str, float]:
+    """The world metrics of 3 s streamed and decoded as users get them."""
+    with torch.no_grad():
+        blocks = list(pipeline.sampler().stream(text, 3, DEMO_HEIGHT, DEMO_WIDTH, seed=seed,
+                                                decoder=pipeline.decoder(seed=seed)))
+    frames = (torch.cat([block.decoded.frames for block in blocks]).clamp(0, 1) * 255).round().to(torch.uint8)
+    waveform = torch.cat([block.decoded.waveform for block in blocks], dim=1)
+    seams = [block.span.pixel_interval[0] for block in blocks[1:]]
+    return evaluate(frames.numpy(), waveform.float().numpy(), 24000, prompt, boundaries=seams)
+
+
+def demo_scores(folder=None) -> dict[str, float]:
+    """Mean scores over the prompts: shapes as asked, sounds on their impacts, at their pitch."""
+    pipeline = StreamPipeline.demo(folder=folder)
+    encoder = load_prompt_encoder(demo_model.demo_path(DEMO_BASE, folder))
+    return mean_scores([stream_metrics(pipeline, encoder(prompt), prompt, seed) for prompt, seed in PROMPTS])
+
+
+def noise_scores() -> dict[str, float]:
+    """The same scores of the random-weight preset: what the pack streamed before the demo."""
+    pipeline = StreamPipeline.tiny_random(0)
+    generator = torch.Generator().manual_seed(0)
+    text = TextConditioning(torch.randn(1, 16, 32, generator=generator), torch.randn(1, 16, 32, generator=generator))
+    return mean_scores([stream_metrics(pipeline, text, prompt, seed) for prompt, seed in PROMPTS])
+
+
+def mean_scores(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: float(np.mean([run[key] for run in runs])) for key in SCORES}
+
+
+def assert_far_from_noise(scores: dict[str, float], noise: dict[str, float]) -> None:
+    # Thresholds far below the issue's goals (90%), far above noise (0: no shapes, no sounds).
+    assert scores["prompt.recall"] >= 0.5 and scores["prompt.recall"] - noise["prompt.recall"] >= 0.4, scores
+    assert scores["sync.matched"] >= 1 and scores["sync.within_frame_share"] >= 0.5, scores
+    assert scores["sync.within_frame_share"] - noise["sync.within_frame_share"] >= 0.4, scores
+    assert scores["pitch.correct_share"] >= 0.5, scores
+
+
+@shipped
+def test_the_demo_streams_shapes_that_ring_on_impact():
+    assert_far_from_noise(demo_scores(), noise_scores())
+
+
+def test_the_world_itself_passes_the_check():
+    """What the demo learns from, rendered by the world: the thresholds are within reach."""
+    from omniforcing_core.world.render import render_clip
+    from omniforcing_core.world.scene import Scene
+
+    clips = [render_clip(Scene.sample(seed, seconds=3, size=(DEMO_HEIGHT, DEMO_WIDTH))) for seed in (0, 1)]
+    runs = [evaluate(clip.frames, clip.audio_24k, 24000, clip.prompt) for clip in clips]
+    assert_far_from_noise(mean_scores(runs), noise_scores())
+
+
+def test_random_weights_are_not_taken_for_the_demo(stand_in_folder):
+    """The check above fails on a model with random weights (the stand-in)."""
+    with pytest.raises(AssertionError):
+        assert_far_from_noise(demo_scores(stand_in_folder), noise_scores())
+
+
+# Template thumbnail -------------------------------------------------------------------------
+
+
+def test_tile_takes_frames_spread_over_the_stream():
+    frames = torch.arange(49).float().div(255).view(49, 1, 1, 1).expand(49, 4, 6, 3)
+    grid = np.asarray(thumbnails.tile(frames))
+    assert grid.shape == (8, 12, 3)
+    # Frames 1, 17, 32 and 48 (frame 0 stands alone in its block): left to right, top to bottom.
+    assert [grid[0, 0, 0], grid[0, 6, 0], grid[4, 0, 0], grid[4, 6, 0]] == [1, 17, 32, 48]
+
+
+def test_the_demo_template_thumbnail_is_rendered_from_a_demo_stream(use_stand_in_demo, tmp_path, capsys):
+    thumbnails.main(["--out", str(tmp_path), "--seconds", "1"])
+    path = tmp_path / "omniforcing_demo.jpg"
+    assert capsys.readouterr().out.strip() == f"wrote {path}"
+    with Image.open(path) as image:
+        assert (image.format, image.size) == ("JPEG", (2 * DEMO_WIDTH, 2 * DEMO_HEIGHT))
+    assert thumbnails.template_stream(json.loads((thumbnails.WORKFLOWS / "omniforcing_demo.json").read_text())) == {
+        "prompt": DEMO_PROMPT, "width": DEMO_WIDTH, "height": DEMO_HEIGHT, "seconds": 5, "seed": 42}
