@@ -1,3 +1,6 @@
+import shlex
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -167,3 +170,13 @@ def test_options_that_do_not_go_together_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as exited:
         parse_args(["stream", *argv])
     assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_readme_opens_with_the_demo():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    setup_and_run, install_and_test = readme.split("```bash\n", 1)[1].split("\n```", 1)[0].splitlines()
+    command = shlex.split(setup_and_run.split(" && ", 1)[1])
+    assert command[:3] == ["python", "-m", "omniforcing_core"]
+    args = parse_args(command[3:])
+    assert args.generator is None and not args.random_weights and args.prompt == DEMO_PROMPT
+    assert install_and_test.endswith("&& python -m pytest -q")
