@@ -53,6 +53,53 @@ def test_visual_impacts_are_timed_between_frames(clips, truth):
     assert max(errors) < 1 / 24 and np.median(errors) < 1e-3 and len(errors) >= 40
 
 
+def codec_like_frames(frames, rng):
+    """Blurred (two 3x3 box passes), tinted and noisy, as a small video VAE decodes."""
+    x = frames.astype(np.float32)
+    height, width = x.shape[1:3]
+    for _ in range(2):
+        p = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+        x = sum(p[:, 1 + dy:1 + dy + height, 1 + dx:1 + dx + width] for dy in (-1, 0, 1) for dx in (-1, 0, 1)) / 9
+    return np.clip(0.92 * x + 8 + rng.normal(0, 5, x.shape), 0, 255).astype(np.uint8)
+
+
+def vocoded(audio, iterations=16, n_fft=1024, hop=160):
+    """Sound rebuilt from its magnitude spectrogram with the LTX-2 mel's STFT (Griffin-Lim):
+    the phase is lost and every onset smeared over the 64 ms window, as through a vocoder."""
+    window = np.hanning(n_fft + 1)[:-1]
+
+    def stft(x):
+        padded = np.pad(x, n_fft // 2)
+        starts = np.arange(0, x.size + 1, hop)
+        return np.fft.rfft(np.stack([padded[s:s + n_fft] * window for s in starts]), axis=1)
+
+    def istft(spectrum):
+        out, norm = np.zeros(audio.size + n_fft), np.zeros(audio.size + n_fft)
+        for k, frame in enumerate(np.fft.irfft(spectrum, n=n_fft, axis=1) * window):
+            out[k * hop:k * hop + n_fft] += frame
+            norm[k * hop:k * hop + n_fft] += window ** 2
+        return (out / np.maximum(norm, 1e-8))[n_fft // 2:n_fft // 2 + audio.size]
+
+    magnitude = np.abs(stft(audio))
+    phase = np.exp(2j * np.pi * np.random.default_rng(0).random(magnitude.shape))
+    for _ in range(iterations):
+        phase = np.exp(1j * np.angle(stft(istft(magnitude * phase))))
+    return istft(magnitude * phase).astype(np.float32)
+
+
+def test_metrics_read_a_codec_like_clip_like_the_truth(clips):
+    clip = clips[9]
+    det = detect_clip(codec_like_frames(clip.frames, np.random.default_rng(6)), vocoded(clip.audio_16k), MEL_RATE)
+    sync = av_sync(det)
+    assert sync["within_frame_share"] >= 0.95 and sync["misses"] + sync["false_alarms"] <= 2
+    assert abs(sync["median_offset_ms"]) < 2
+    assert pitch_accuracy(det)["correct_share"] >= 0.95
+    assert prompt_adherence(det, clip.prompt)["exact"] == 1.0
+    assert 0.8 <= seam_continuity(det)["ratio"] <= 1.25
+    error = position_error(det, clip.truth.positions, clip.truth.colours)
+    assert error["mean_px"] < 0.1 and error["max_px"] < 0.5
+
+
 def test_sync_reads_the_stereo_vocoder_rate_too(clips):
     clip = clips[9]
     sync = av_sync(detect_clip(clip.frames, clip.audio_24k, AUDIO_RATE))
@@ -149,7 +196,7 @@ def test_positions_are_recovered_from_the_frames(clips, truth):
     for seed in SEEDS:
         clip = clips[seed]
         error = position_error(truth[seed], clip.truth.positions, clip.truth.colours)
-        assert error["mean_px"] < 0.1 and error["max_px"] < 0.6 and error["missing_share"] == 0.0
+        assert error["mean_px"] < 0.1 and error["max_px"] < 0.25 and error["missing_share"] == 0.0
     noise = np.random.default_rng(5).integers(0, 256, clips[9].frames.shape, dtype=np.uint8)
     error = position_error(detect_clip(noise, clips[9].audio_16k, MEL_RATE), clips[9].truth.positions,
                            clips[9].truth.colours)

@@ -116,9 +116,12 @@ def track_shapes(frames: np.ndarray, palette: Mapping[str, tuple[int, int, int]]
                   & (col_index >= (c0 - margin)[:, None, None]) & (col_index <= (c1 + margin)[:, None, None])
                   & present[:, None, None] & ((label == index) | (label == len(names)) | (label == -1)))
         colour = references[index] - references[-1]
+        offsets = frames[window].astype(np.float32) - references[-1]
+        share = (offsets @ colour) / float(colour @ colour)
+        # Only mixtures of this colour and the background (not a neighbour's blur) count.
+        mixed = np.linalg.norm(offsets - share[:, None] * colour, axis=1) <= max_distance
         weight = np.zeros(frames.shape[:3], np.float32)
-        weight[window] = ((frames[window].astype(np.float32) - references[-1]) @ colour) / float(colour @ colour)
-        weight = np.where(weight > 0.15, np.minimum(weight, 1.0), 0.0)
+        weight[window] = np.where(mixed & (share > 0.15), np.minimum(share, 1.0), 0.0)
         pixels = weight > 0.5
         area = weight.sum((1, 2)).astype(np.float64)
         safe = np.maximum(area, 1e-9)
