@@ -337,6 +337,8 @@ def test_the_template_browser_lists_exactly_the_four_templates():
     assert present == ["workflows"]
     # ComfyUI lists every *.json in the folder as a template, named by the file's stem.
     assert sorted(path.stem for path in WORKFLOWS.glob("*.json")) == sorted(TEMPLATES)
+    # Beside them only thumbnails, named after their template (benchmarks/thumbnails.py writes them).
+    assert all(path.suffix == ".jpg" and path.stem in TEMPLATES for path in WORKFLOWS.iterdir() if path.suffix != ".json")
     for name in TEMPLATES:
         workflow = load_template(name)
         # UI format (what the frontend saves), not an API prompt {"id": {"class_type": ...}}.
