@@ -30,7 +30,7 @@ class OmniForcingModel:
 def weight_dtypes(choice: str, device: torch.device, demo: bool = False) -> tuple[torch.dtype, bool]:
     """(compute dtype, store block weights in fp8) for a weight-dtype choice on a device."""
     if choice in ("auto", "fp8"):
-        # The demo is a few MB trained in fp32: nothing to gain from rounding it.
+        # The demo is a few MB: fp32 costs nothing on any device and rounds nothing away.
         fast_bf16 = not demo and device.type == "cuda" and torch.cuda.is_bf16_supported()
         return (torch.bfloat16 if fast_bf16 else torch.float32), choice == "fp8"
     return resolve_dtype(choice), False
