@@ -65,7 +65,7 @@ def _build_demo(args: argparse.Namespace) -> tuple[StreamPipeline, TextCondition
                 text = encoder(args.prompt)
             except ValueError as error:  # too many words for this encoder
                 _usage_error(str(error))
-        pipeline = StreamPipeline.demo(device=args.device, dtype=args.dtype)
+        pipeline = StreamPipeline.demo(device=args.device, dtype=args.dtype, fp8_weights=args.fp8)
     except CheckpointError as error:
         raise SystemExit(f"error: {error}\n(or pass --random-weights to try the machinery without the demo)")
     print(pipeline.info.describe(), f"prompt: {args.prompt!r}", sep="\n", file=sys.stderr)
@@ -176,7 +176,7 @@ def _check_stream_args(parser: argparse.ArgumentParser, args: argparse.Namespace
     """Refuse inputs that do not go with the chosen model, and fill in its defaults."""
     demo = args.generator is None and not args.random_weights
     if args.generator is None:
-        for flag, value in (("--base", args.base), ("--context", args.context)):
+        for flag, value in (("--base", args.base), ("--context", args.context), ("--layout", args.layout)):
             if value is not None:
                 parser.error(f"{flag} goes with --generator (a real model); the built-in demo and "
                              "--random-weights bring their own")

@@ -113,6 +113,8 @@ def test_the_demo_prompt_goes_through_the_demo_prompt_encoder(use_stand_in_demo)
     assert text.mask.sum().item() == 4  # four words, the rest padding
     assert pipeline.transformer.patchify_proj.weight.dtype == torch.float32
     assert (pipeline.layout.name, pipeline.info.sink_tokens) == ("paper", 4)
+    fp8, _ = _build(parse_args(["stream", "--device", "cpu", "--fp8"]))
+    assert fp8.transformer.transformer_blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
     default = parse_args(["stream"])
     assert (default.prompt, default.height, default.width, default.dtype) == (DEMO_PROMPT, 128, 192, "fp32")
     real = parse_args(["stream", "--generator", "g.safetensors"])
@@ -164,6 +166,7 @@ def test_missing_demo_files_say_so_and_offer_random_weights(no_demo, capsys):
         (["--generator", "g.safetensors", "--random-weights"], "not allowed with argument --generator"),
         (["--base", "b.safetensors"], "--base goes with --generator"),
         (["--context", "p.safetensors"], "--context goes with --generator"),
+        (["--random-weights", "--layout", "paper"], "--layout goes with --generator"),
     ],
 )
 def test_options_that_do_not_go_together_are_refused(argv, message, capsys):
