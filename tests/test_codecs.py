@@ -1,0 +1,155 @@
+"""Codec training on the world: the loss falls, a stopped run resumes exactly, the command's
+base file loads through the project's loaders with normalised latents, and encode-world
+writes the shards the engine reads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from omniforcing_core.checkpoint import load_decoders
+from omniforcing_core.checkpoint.components import load_encoders
+from omniforcing_core.demo import randomize_
+from omniforcing_core.train import codecs as C
+from omniforcing_core.train.__main__ import main
+from omniforcing_core.train.data import LatentShards
+from omniforcing_core.world import Scene, render_clip
+
+# A few seconds of CPU: 64 x 64 frames (2 x 2 latent cells), 1 s clips, narrow models.
+SMALL = dict(height=64, width=64, clip_seconds=1.0, video_latent_channels=8, video_encoder_channels=4,
+             video_decoder_channels=4, audio_latent_channels=4, audio_channels=4, vocoder_channels=32,
+             video_frames=9, video_crop=(64, 64), clip_reuse=2, video_batch=1, audio_batch=1, vocoder_batch=1, vocoder_frames=24,
+             warmup=1, stats_clips=2, eval_clips=0, checkpoint_every=1000, log_every=1000)
+TOML = """
+[codecs]
+{codecs}
+
+[world]
+count = 3
+seconds = 1.0
+seed = 7
+shard_size = 2
+"""
+
+
+def small(**overrides) -> C.CodecsSection:
+    return C.CodecsSection(**{**SMALL, **overrides})
+
+
+def write_config(folder: Path, **overrides) -> Path:
+    values = {**SMALL, "video_steps": 2, "audio_steps": 2, "vocoder_steps": 2, **overrides}
+    body = "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
+    path = folder / "codecs.toml"
+    path.write_text(TOML.format(codecs=body))
+    return path
+
+
+@pytest.mark.parametrize("part, lr", [("video", 3e-3), ("audio", 3e-3), ("vocoder", 2e-3)])
+def test_twenty_steps_lower_the_loss(tmp_path, part, lr):
+    s = small(**{f"{part}_steps": 20, f"{part}_lr": lr})
+    codecs = C.new_codecs(s)
+    losses = C.train_part(codecs, s, part, tmp_path, log=False)
+    assert len(losses) == 20
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.8 * first, (part, losses)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 20 and json.loads(lines[-1])["stage"] == f"codecs.{part}"
+
+
+def test_a_stopped_training_resumes_where_it_was(tmp_path):
+    s = small(video_steps=4, checkpoint_every=2)
+    straight = C.new_codecs(s)
+    C.train_part(straight, s, "video", tmp_path / "straight", log=False)
+    # A run stopped after its step-2 checkpoint: only that checkpoint is left.
+    stopped = tmp_path / "stopped" / "checkpoints" / "video"
+    shutil.copytree(tmp_path / "straight" / "checkpoints" / "video" / "step_0000002", stopped / "step_0000002")
+    (stopped / "latest").write_text("step_0000002")
+    resumed = C.new_codecs(s)
+    assert len(C.train_part(resumed, s, "video", tmp_path / "stopped", log=False)) == 2
+    a, b = straight.part("video").state_dict(), resumed.part("video").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+    fresh = C.new_codecs(s).part("video").state_dict()
+    assert max((a[k] - fresh[k]).abs().max().item() for k in a) > 1e-4
+
+
+def test_the_command_writes_a_base_file_both_loaders_read(tmp_path):
+    config = write_config(tmp_path)
+    assert main(["codecs", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    path = tmp_path / "run" / C.BASE_FILE
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+        sections = json.loads(f.metadata()["config"])
+    for prefix in ("vae.encoder.", "vae.decoder.", "vae.per_channel_statistics.", "audio_vae.encoder.",
+                   "audio_vae.decoder.", "audio_vae.per_channel_statistics.", "vocoder."):
+        assert any(k.startswith(prefix) for k in keys), prefix
+    assert not any(k.startswith("model.") for k in keys)
+    assert {"vae", "audio_vae", "vocoder"} <= set(sections)
+
+    decoders, encoders = load_decoders(path), load_encoders(path)
+    assert decoders.video_vae.config.latent_channels == 8
+    assert decoders.audio_vae.config.token_width == 64
+    # Statistics from encoded clips: the stats clips themselves come out ~N(0, 1) per channel.
+    clip = render_clip(Scene.sample(C.STATS_SEEDS, 1.0, (64, 64)))
+    video = encoders.video_encoder.encode(C._pixels(clip.frames)[None])
+    assert video.shape == (1, 8, 4, 2, 2)
+    per_channel = video.movedim(1, -1).reshape(-1, 8)
+    assert per_channel.mean(0).abs().max() < 1.5 and 0.3 < per_channel.std(0).mean() < 1.7
+    tokens = decoders.audio_vae.tokens_from_latents(
+        encoders.audio_encoder.encode(C.stereo_mel(clip.audio_24k, encoders.audio_encoder.config)))
+    assert tokens.shape == (1, 26, 64)
+    assert tokens.mean().abs() < 0.5 and 0.5 < tokens.std() < 1.5
+    # The decoders of the file decode what the encoders of the file encode.
+    assert decoders.video_vae.decode(video).shape == (1, 3, 25, 64, 64)
+    assert C.decode_audio(decoders, tokens, 24_000).shape == (2, 24_000)
+    # A second run finds the file and does nothing.
+    stamp = path.stat().st_mtime_ns
+    assert main(["codecs", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
+    assert path.stat().st_mtime_ns == stamp
+
+
+def test_encode_world_writes_shards_the_engine_reads(tmp_path):
+    config = write_config(tmp_path)
+    out = tmp_path / "run"
+    assert main(["codecs", "--config", str(config), "--out", str(out)]) == 0
+    assert main(["encode-world", "--config", str(config), "--out", str(out)]) == 0
+    shards = sorted((out / "latents").glob("*.safetensors"))
+    assert [p.name for p in shards] == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    data = LatentShards(out / "latents")
+    assert len(data) == 3
+    sample = data.sample(2)
+    assert sample["video"].shape == (8, 4, 2, 2)  # 1 s: 25 frames -> 1 + 3 latents
+    assert sample["audio"].shape == (26, 64)  # 1 + 25 latents of 4 channels x 16 bins
+    assert sample["prompt"].dtype == torch.long and sample["prompt"].shape == (16,)
+    with safe_open(str(shards[1]), "pt") as f:
+        truth = json.loads(f.metadata()["truth"])
+    clip = render_clip(Scene.sample(7 + 2, 1.0, (64, 64)))
+    assert truth[0]["seed"] == 9 and truth[0]["prompt"] == clip.prompt
+    assert len(truth[0]["impacts"]) == len(clip.truth.impacts)
+    # The shard holds exactly what the file's encoder gives for that clip, normalised.
+    encoders = load_encoders(out / C.BASE_FILE)
+    expected = encoders.video_encoder.encode(C._pixels(clip.frames)[None])[0]
+    assert (sample["video"] - expected).abs().max() < 1e-5
+
+
+def test_seam_errors_vanish_at_the_exact_lookahead(tmp_path):
+    s = small(clip_seconds=2.0)
+    codecs = randomize_(C.new_codecs(s), 3)  # fan-in scaled weights: every conv reads its context
+    rows = C.seam_errors(codecs, s, clips=1, video_lookaheads=(0,), audio_lookaheads=(0,))
+    video, audio = rows["video"], rows["audio"]
+    for layout in ("released", "paper"):
+        assert video[f"{layout} L=exact"]["max"] < 0.01  # 8-bit levels
+        assert video[f"{layout} L=0"]["seam_mean"] > 10 * video[f"{layout} L=exact"]["seam_mean"] + 1e-3
+    assert audio["released L=exact frames"]["error_below_signal_db"] > 100
+    assert audio["released L=0 frames"]["error_below_signal_db"] < audio["released L=exact frames"]["error_below_signal_db"] - 20
+
+
+def test_stft_loss_is_zero_only_for_the_same_sound():
+    wave = torch.sin(torch.arange(4800) * 0.2)[None, None].repeat(1, 2, 1)
+    assert C.stft_loss(wave, wave).item() < 1e-6
+    shifted = torch.roll(wave * torch.hann_window(4800), 240, dims=-1)
+    assert C.stft_loss(shifted, wave * torch.hann_window(4800)).item() > 0.05
