@@ -109,7 +109,10 @@ def run_demo(config: TrainConfig, out: Path, world: World, assets: Path = DEMO_F
     seed_run(out, assets)
     if world.is_main:
         run_codecs(config, out)
-        if not any((out / "latents").glob("*.safetensors")):
+        # The encoded world feeds the teacher and the DMD stages (their prompts and shapes).
+        data_stages = [out / STAGE_OUTPUTS[s] for s in ("teacher", "stage1", "stage3")]
+        data_stages.append(out / "released" / STAGE_OUTPUTS["stage3"])
+        if not all(p.exists() for p in data_stages) and not any((out / "latents").glob("*.safetensors")):
             run_encode_world(config, out)
         publish(out, assets, config)
     _barrier(world)
