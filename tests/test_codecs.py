@@ -153,3 +153,31 @@ def test_stft_loss_is_zero_only_for_the_same_sound():
     assert C.stft_loss(wave, wave).item() < 1e-6
     shifted = torch.roll(wave * torch.hann_window(4800), 240, dims=-1)
     assert C.stft_loss(shifted, wave * torch.hann_window(4800)).item() > 0.05
+
+
+def test_decoder_finetuning_keeps_the_latents_and_moves_only_the_decoders(tmp_path):
+    config = write_config(tmp_path, video_decoder_steps=3, audio_decoder_steps=3, video_decoder_lr=3e-3,
+                          audio_decoder_lr=3e-3, warmup=1)
+    out = tmp_path / "run"
+    assert main(["codecs", "--config", str(config), "--out", str(out)]) == 0
+    before_encoders, before_decoders = load_encoders(out / C.BASE_FILE), load_decoders(out / C.BASE_FILE)
+    assert main(["codecs-finetune", "--config", str(config), "--out", str(out)]) == 0
+    after_encoders, after_decoders = load_encoders(out / C.BASE_FILE), load_decoders(out / C.BASE_FILE)
+
+    def differs(a, b):
+        sa, sb = a.state_dict(), b.state_dict()
+        return max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa)
+
+    # Encoders and every statistic unchanged: latents encoded before still mean the same.
+    assert differs(before_encoders.video_encoder, after_encoders.video_encoder) == 0.0
+    assert differs(before_encoders.audio_encoder, after_encoders.audio_encoder) == 0.0
+    for module in ("video_vae", "audio_vae"):
+        b, a = getattr(before_decoders, module), getattr(after_decoders, module)
+        assert differs(b.per_channel_statistics, a.per_channel_statistics) == 0.0
+        assert differs(b.decoder, a.decoder) > 0.0
+    assert differs(before_decoders.vocoder, after_decoders.vocoder) == 0.0
+    assert (out / "codecs" / "demo_base.before-finetune.safetensors").exists()
+    # Done once: a second run leaves the file as it is.
+    stamp = (out / C.BASE_FILE).stat().st_mtime_ns
+    assert main(["codecs-finetune", "--config", str(config), "--out", str(out)]) == 0
+    assert (out / C.BASE_FILE).stat().st_mtime_ns == stamp

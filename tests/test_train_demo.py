@@ -17,7 +17,7 @@ from omniforcing_core.train.distributed import World
 
 SMOKE_SIZE = [
     "codecs.video_steps=2", "codecs.audio_steps=2", "codecs.vocoder_steps=2", "codecs.stats_clips=2",
-    "codecs.eval_clips=0", "world.count=4", "world.shard_size=2", "teacher.steps=2", "teacher.batch=2",
+    "codecs.eval_clips=0", "codecs.video_decoder_steps=1", "codecs.audio_decoder_steps=1", "world.count=4", "world.shard_size=2", "teacher.steps=2", "teacher.batch=2",
     "stage1.steps=1", "stage1.batch=2", "stage1.critic_updates=1", "ode_pairs.count=2", "ode_pairs.shard_size=2",
     "ode_pairs.teacher_steps=4", "stage2.steps=2", "stage2.batch=2", "stage3.steps=1", "stage3.batch=2",
     "stage3.critic_updates=1", "model.num_layers=1",

@@ -22,7 +22,7 @@ CONFIGS = Path(__file__).parent / "configs"
 COMMANDS = [name.replace("_", "-") for name in PIPELINE] + ["all", "smoke", "demo"]
 DEFAULT_CONFIGS = {"smoke": "smoke.toml", "demo": "demo.toml"}
 # The world's codecs and its pre-encoded latents (``codecs.py``): single-process, CPU or GPU.
-CODEC_COMMANDS = {"codecs": "run_codecs", "encode-world": "run_encode_world"}
+CODEC_COMMANDS = {"codecs": "run_codecs", "encode-world": "run_encode_world", "codecs-finetune": "run_finetune_decoders"}
 
 
 def main(argv: list[str] | None = None) -> int:

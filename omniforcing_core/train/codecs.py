@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -118,6 +119,12 @@ class CodecsSection:
     vocoder_batch: int = 3
     vocoder_frames: int = 48
     vocoder_lr: float = 3e-4
+    # Decoder fine-tuning (``codecs-finetune``): encoders and statistics frozen, so the
+    # latents a transformer already learned keep their meaning.
+    video_decoder_steps: int = 0
+    video_decoder_lr: float = 3e-4
+    audio_decoder_steps: int = 0
+    audio_decoder_lr: float = 1e-4
     warmup: int = 100
     grad_clip: float = 1.0
     # Statistics, evaluation, output.
@@ -219,6 +226,8 @@ class Codecs(nn.Module):
             "video": nn.ModuleList([self.video_encoder.encoder, self.video_vae.decoder]),
             "audio": nn.ModuleList([self.audio_encoder.encoder, self.audio_vae.decoder]),
             "vocoder": self.vocoder,
+            "video_decoder": self.video_vae.decoder,
+            "audio_decoder": self.audio_vae.decoder,
         }[name]
 
 
@@ -362,10 +371,16 @@ class Trainer:
         mel = stereo_mel(np.stack([a for _, a in audio_batch(s, step)]), c.audio_vae.config)
         mean, _ = c.audio_encoder.posterior(mel)
         latents = _noisy(mean, s.latent_noise, torch.Generator().manual_seed(step), (0, 2))
-        decoded = c.audio_vae(c.audio_vae.tokens_from_latents(latents))
+        # The decoder takes normalised tokens (identity statistics while the VAE trains).
+        tokens = c.audio_vae.per_channel_statistics.normalize(c.audio_vae.tokens_from_latents(latents))
+        decoded = c.audio_vae(tokens)
         l1 = F.l1_loss(decoded, mel)
         loss = l1 + s.latent_l2 * mean.square().mean()
         return loss, {"mel_l1": l1.item(), "latent_rms": mean.square().mean().sqrt().item()}
+
+    # Decoder fine-tuning: the same losses; only the decoder's parameters are stepped.
+    video_decoder = video
+    audio_decoder = audio
 
     def vocoder_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Ground-truth mel windows that start up to half a window before an impact (or
@@ -679,6 +694,42 @@ def run_codecs(config: TrainConfig, out: Path, *, log: bool = True) -> Path:
     (folder / "eval.json").write_text(json.dumps({"eval": report, "statistics": stats,
                                                   "train_seconds_this_run": timings}, indent=2))
     return write_base_file(codecs, s, path, {"config": asdict(s), "eval": report, "statistics": stats})
+
+
+FINETUNE_PARTS = ("video_decoder", "audio_decoder")
+
+
+def run_finetune_decoders(config: TrainConfig, out: Path, *, log: bool = True) -> Path:
+    """Continue the VAE decoders' training on a finished base file with the encoders and the
+    statistics frozen (the latents keep their meaning); the base file is rewritten, the one
+    it started from kept beside it as ``demo_base.before-finetune.safetensors``."""
+    s = codecs_section(config)
+    path = Path(out) / BASE_FILE
+    done = path.with_name("finetuned.json")
+    if done.exists() or not any(s.steps(part) for part in FINETUNE_PARTS):
+        return path
+    original = path.with_name("demo_base.before-finetune.safetensors")
+    if not original.exists():
+        shutil.copyfile(path, original)
+    loaded = load_codecs(original)
+    codecs = new_codecs(s)
+    for name in ("video_encoder", "video_vae", "audio_encoder", "audio_vae", "vocoder"):
+        getattr(codecs, name).load_state_dict(getattr(loaded, name).state_dict())
+    codecs.video_encoder.requires_grad_(False)
+    codecs.audio_encoder.requires_grad_(False)
+    timings = {}
+    for part in FINETUNE_PARTS:
+        if s.steps(part):
+            started = time.perf_counter()
+            train_part(codecs, s, part, path.parent, log=log)
+            timings[part] = round(time.perf_counter() - started, 1)
+    report = evaluate(codecs, s) if s.eval_clips else {}
+    if log:
+        print(f"[codecs-finetune] held-out: {json.dumps(report)}", file=sys.stderr, flush=True)
+    (path.parent / "eval.json").write_text(json.dumps({"eval": report, "finetune_seconds": timings}, indent=2))
+    write_base_file(codecs, s, path, {"config": asdict(s), "eval": report, "finetuned": list(FINETUNE_PARTS)})
+    done.write_text(json.dumps({"eval": report, "seconds": timings}))
+    return path
 
 
 def _truth(clip) -> dict[str, Any]:

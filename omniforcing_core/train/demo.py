@@ -1,7 +1,7 @@
 """The built-in demo model's recipe: ``python -m omniforcing_core.train demo --out DIR``.
 
-codecs -> encode-world -> teacher -> Stage I -> ODE pairs -> Stage II -> Stage III ->
-export, into a paper-layout student with audio sink tokens; then Stage II and III again
+codecs -> decoder fine-tuning (encoders frozen) -> encode-world -> teacher -> Stage I ->
+ODE pairs -> Stage II -> Stage III -> export, into a paper-layout student with audio sink tokens; then Stage II and III again
 into a released-layout student without sinks (same teacher, Stage I and ODE pairs) for
 comparison. Every finished stage is published at once into ``assets/demo`` (weights in
 bf16, a few MB each, with its metrics): a run on a new machine starts from the last
@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import load_model, save_checkpoint
 from ..demo_model import DEMO_BASE, DEMO_FOLDER, DEMO_GENERATOR, DEMO_RELEASED_GENERATOR, write_demo_base
-from .codecs import BASE_FILE, run_codecs, run_encode_world
+from .codecs import BASE_FILE, run_codecs, run_encode_world, run_finetune_decoders
 from .config import TrainConfig
 from .distributed import World
 from .runner import PIPELINE, STAGE_OUTPUTS, Run, run_stage
@@ -109,6 +109,7 @@ def run_demo(config: TrainConfig, out: Path, world: World, assets: Path = DEMO_F
     seed_run(out, assets)
     if world.is_main:
         run_codecs(config, out)
+        run_finetune_decoders(config, out)
         # The encoded world feeds the teacher and the DMD stages (their prompts and shapes).
         data_stages = [out / STAGE_OUTPUTS[s] for s in ("teacher", "stage1", "stage3")]
         data_stages.append(out / "released" / STAGE_OUTPUTS["stage3"])
