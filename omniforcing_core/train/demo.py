@@ -58,6 +58,11 @@ def seed_run(out: Path, assets: Path) -> None:
     if codecs.exists() and not (out / BASE_FILE).exists():
         (out / BASE_FILE).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(codecs, out / BASE_FILE)
+        with safe_open(str(codecs), "pt") as published:
+            made = json.loads((published.metadata() or {}).get("omniforcing_codecs", "{}"))
+        if made.get("finetuned"):
+            # Its decoders are already fine-tuned: not a second time.
+            (out / BASE_FILE).with_name("finetuned.json").write_text(json.dumps(made.get("eval", {})))
 
 
 def publish(out: Path, assets: Path, config: TrainConfig) -> None:
