@@ -697,6 +697,7 @@ def run_codecs(config: TrainConfig, out: Path, *, log: bool = True) -> Path:
 
 
 FINETUNE_PARTS = ("video_decoder", "audio_decoder")
+FINETUNE_MARKER = "finetuned.json"  # beside the base file once its decoders are fine-tuned
 
 
 def run_finetune_decoders(config: TrainConfig, out: Path, *, log: bool = True) -> Path:
@@ -705,7 +706,7 @@ def run_finetune_decoders(config: TrainConfig, out: Path, *, log: bool = True) -
     it started from kept beside it as ``demo_base.before-finetune.safetensors``."""
     s = codecs_section(config)
     path = Path(out) / BASE_FILE
-    done = path.with_name("finetuned.json")
+    done = path.with_name(FINETUNE_MARKER)
     if done.exists() or not any(s.steps(part) for part in FINETUNE_PARTS):
         return path
     original = path.with_name("demo_base.before-finetune.safetensors")

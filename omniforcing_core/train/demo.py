@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from ..checkpoint import load_model, save_checkpoint
 from ..demo_model import DEMO_BASE, DEMO_FOLDER, DEMO_GENERATOR, DEMO_RELEASED_GENERATOR, write_demo_base
-from .codecs import BASE_FILE, run_codecs, run_encode_world, run_finetune_decoders
+from .codecs import BASE_FILE, FINETUNE_MARKER, run_codecs, run_encode_world, run_finetune_decoders
 from .config import TrainConfig
 from .distributed import World
 from .runner import PIPELINE, STAGE_OUTPUTS, Run, run_stage
@@ -62,7 +62,7 @@ def seed_run(out: Path, assets: Path) -> None:
             made = json.loads((published.metadata() or {}).get("omniforcing_codecs", "{}"))
         if made.get("finetuned"):
             # Its decoders are already fine-tuned: not a second time.
-            (out / BASE_FILE).with_name("finetuned.json").write_text(json.dumps(made.get("eval", {})))
+            (out / BASE_FILE).with_name(FINETUNE_MARKER).write_text(json.dumps(made.get("eval", {})))
 
 
 def publish(out: Path, assets: Path, config: TrainConfig) -> None:
