@@ -109,8 +109,29 @@ def boundaries(layout: BlockLayout, num_frames: int) -> list[int]:
     return starts
 
 
+def blob_scores(frames: np.ndarray, seams: list[int]) -> dict[str, float]:
+    """Colour-blind measures that still read a blurry decode: the share of bright (foreground)
+    pixels, the foreground's centre of mass as one track, and that track's jump at block
+    seams against inside blocks (second difference, px; ~1 for a seamless stream)."""
+    luminance = frames.astype(np.float32).mean(axis=-1) / 255.0
+    background = np.median(luminance.reshape(luminance.shape[0], -1), axis=1)[:, None, None]
+    weight = np.clip(luminance - background - 0.08, 0.0, None)
+    mass = weight.sum(axis=(1, 2))
+    rows, columns = np.mgrid[: frames.shape[1], : frames.shape[2]]
+    centre = np.stack([(weight * columns).sum(axis=(1, 2)), (weight * rows).sum(axis=(1, 2))], 1) / np.maximum(mass, 1e-6)[:, None]
+    kink = np.full(frames.shape[0], np.nan)
+    kink[2:] = np.linalg.norm(centre[2:] - 2 * centre[1:-1] + centre[:-2], axis=1)
+    at_seams = [kink[b] for b in seams if 2 <= b < len(kink)]
+    inside = [k for n, k in enumerate(kink) if n >= 2 and n not in set(seams) | {b + 1 for b in seams}]
+    seam, within = float(np.median(at_seams)) if at_seams else float("nan"), float(np.median(inside))
+    return {"blob.foreground_share": float((weight > 0).mean()), "blob.seam_px": seam, "blob.inside_px": within,
+            "blob.seam_ratio": seam / max(within, 0.25)}
+
+
 def score(clip: dict, prompt: str, layout: BlockLayout) -> dict[str, float]:
-    return evaluate(clip["frames"], clip["audio"], 24_000, prompt, boundaries=boundaries(layout, clip["frames"].shape[0]))
+    seams = boundaries(layout, clip["frames"].shape[0])
+    return {**evaluate(clip["frames"], clip["audio"], 24_000, prompt, boundaries=seams),
+            **blob_scores(clip["frames"], seams), "audio.rms": float(np.sqrt(np.mean(clip["audio"] ** 2)))}
 
 
 def segments(clip: dict, prompt: str, layout: BlockLayout, seconds: int) -> list[dict[str, float]]:
@@ -120,7 +141,9 @@ def segments(clip: dict, prompt: str, layout: BlockLayout, seconds: int) -> list
         f0, f1 = first * VIDEO_FPS, (first + SEGMENT_S) * VIDEO_FPS
         a0, a1 = first * 24_000, (first + SEGMENT_S) * 24_000
         seams = [b - f0 for b in boundaries(layout, f1) if f0 < b < f1]
-        results.append(evaluate(clip["frames"][f0:f1], clip["audio"][:, a0:a1], 24_000, prompt, boundaries=seams))
+        frames = clip["frames"][f0:f1]
+        results.append({**evaluate(frames, clip["audio"][:, a0:a1], 24_000, prompt, boundaries=seams),
+                        **blob_scores(frames, seams)})
     return results
 
 
@@ -134,7 +157,8 @@ def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
 
 
 HEADLINE = ("sync.within_frame_share", "sync.median_abs_offset_ms", "sync.p90_abs_offset_ms", "sync.misses",
-            "sync.false_alarms", "prompt.f1", "prompt.exact", "pitch.correct_share", "seam.ratio")
+            "sync.false_alarms", "prompt.f1", "prompt.exact", "pitch.correct_share", "seam.ratio",
+            "blob.foreground_share", "blob.seam_px", "blob.inside_px", "blob.seam_ratio", "audio.rms")
 
 
 def headline(scores: dict[str, float]) -> dict[str, float]:
