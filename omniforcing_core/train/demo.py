@@ -53,7 +53,8 @@ def seed_run(out: Path, assets: Path) -> None:
         source, target = stages / name, out / relative
         if source.exists() and not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+            # Keeping the time stamp tells ``publish`` the pack already has this stage.
+            shutil.copy2(source, target)
     codecs = assets / DEMO_BASE
     if codecs.exists() and not (out / BASE_FILE).exists():
         (out / BASE_FILE).parent.mkdir(parents=True, exist_ok=True)
