@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import ConfigError
 from ..layout import SPATIAL_COMPRESSION, VIDEO_TIME_COMPRESSION
-from .video_vae import _PADDING_MODES, LatentStatistics, VideoVAEConfig, pixel_norm
+from .video_vae import _PADDING_MODES, LatentStatistics, VideoVAEConfig, parse_block_entry, pixel_norm
 
 CHECKPOINT_PREFIX = "vae."
 
@@ -88,17 +88,8 @@ class EncoderBlock:
 
     @classmethod
     def from_metadata(cls, entry: Any) -> "EncoderBlock":
-        """Parse ``[name, params]`` where params is a dict or (older files) a bare int."""
-        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], str):
-            raise ConfigError(f"an encoder_blocks entry must be [name, params], got {entry!r}")
-        name, params = entry
-        if isinstance(params, int) and not isinstance(params, bool):
-            params = {"num_layers": params}
-        if not isinstance(params, Mapping):
-            raise ConfigError(f"encoder block {name!r} has params {params!r}; expected a dict or an int")
+        name, params = parse_block_entry(entry, "encoder")
         if name == "res_x":
-            if "num_layers" not in params:
-                raise ConfigError(f"res_x block {dict(params)!r} has no num_layers")
             return cls.res_x(params["num_layers"])
         return cls(name, multiplier=params.get("multiplier", 2))
 

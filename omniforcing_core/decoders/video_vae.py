@@ -51,6 +51,21 @@ _UNSTREAMABLE_BLOCKS = {
 # Config --------------------------------------------------------------------------
 
 
+def parse_block_entry(entry: Any, side: str) -> tuple[str, Mapping[str, Any]]:
+    """One ``[name, params]`` entry of the VAE's ``{side}_blocks`` metadata; params is a dict
+    or, in older files, a bare layer count. Shared by the encoder's and decoder's block lists."""
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], str):
+        raise ConfigError(f"each {side}_blocks entry must be [name, params], got {entry!r}")
+    name, params = entry
+    if isinstance(params, int) and not isinstance(params, bool):
+        params = {"num_layers": params}
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"{side} block {name!r} has params {params!r}; expected a dict or an int")
+    if name == "res_x" and "num_layers" not in params:
+        raise ConfigError(f"res_x block {dict(params)!r} has no num_layers")
+    return name, params
+
+
 @dataclass(frozen=True)
 class DecoderBlock:
     """One entry of the ``decoder_blocks`` metadata list.
@@ -96,17 +111,8 @@ class DecoderBlock:
 
     @classmethod
     def from_metadata(cls, entry: Any) -> "DecoderBlock":
-        """Parse ``[name, params]`` where params is a dict or (older files) a bare int."""
-        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[0], str):
-            raise ConfigError(f"a decoder_blocks entry must be [name, params], got {entry!r}")
-        name, params = entry
-        if isinstance(params, int) and not isinstance(params, bool):
-            params = {"num_layers": params}
-        if not isinstance(params, Mapping):
-            raise ConfigError(f"decoder block {name!r} has params {params!r}; expected a dict or an int")
+        name, params = parse_block_entry(entry, "decoder")
         if name == "res_x":
-            if "num_layers" not in params:
-                raise ConfigError(f"res_x block {dict(params)!r} has no num_layers")
             return cls.res_x(params["num_layers"], bool(params.get("inject_noise", False)))
         return cls(
             name,
