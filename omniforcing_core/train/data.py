@@ -21,9 +21,10 @@ from ..layout import BlockLayout
 PURPOSES = {"data": 1, "noise": 2, "sigma": 3, "dropout": 4, "critic": 5, "choice": 6}
 
 
-def sample_generator(seed: int, step: int, sample: int, purpose: str) -> torch.Generator:
-    """A CPU generator owned by one sample of one step (see the module docstring)."""
-    mixed = ((seed * 1_000_003 + step) * 1_000_033 + sample) * 16 + PURPOSES[purpose]
+def sample_generator(seed: int, step: int, sample: int, purpose: str, draw: int = 0) -> torch.Generator:
+    """A CPU generator owned by one sample of one step (see the module docstring); ``draw``
+    tells apart several draws of one purpose in a step (each denoising step's noise...)."""
+    mixed = (((seed * 1_000_003 + step) * 1_000_033 + sample) * 16 + PURPOSES[purpose]) * 1_000_037 + draw
     return torch.Generator().manual_seed(mixed % (2**63))
 
 

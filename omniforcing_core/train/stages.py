@@ -59,21 +59,21 @@ class Draws:
 
     def normal(self, shape: Sequence[int], purpose: str, draw: int = 0) -> torch.Tensor:
         parts = [
-            torch.randn(tuple(shape), generator=sample_generator(self.seed, self.step * 64 + draw, i, purpose))
+            torch.randn(tuple(shape), generator=sample_generator(self.seed, self.step, i, purpose, draw))
             for i in self.indices
         ]
         return torch.stack(parts).to(self.device)
 
     def uniform(self, purpose: str, count: int = 1, draw: int = 0) -> torch.Tensor:
         parts = [
-            torch.rand(count, generator=sample_generator(self.seed, self.step * 64 + draw, i, purpose))
+            torch.rand(count, generator=sample_generator(self.seed, self.step, i, purpose, draw))
             for i in self.indices
         ]
         return torch.stack(parts).to(self.device)
 
     def sigma(self, purpose: str, low: float, high: float, shift: float, draw: int = 0) -> torch.Tensor:
         parts = [
-            sample_sigma(1, sample_generator(self.seed, self.step * 64 + draw, i, purpose), low=low, high=high, shift=shift)
+            sample_sigma(1, sample_generator(self.seed, self.step, i, purpose, draw), low=low, high=high, shift=shift)
             for i in self.indices
         ]
         return torch.cat(parts).float().to(self.device)
