@@ -215,3 +215,13 @@ def test_a_stopped_stage_resumes_bit_identically(smoke_run, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(line)["step"] for line in (resumed / "stage2" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_draws_of_one_sample_never_repeat_across_steps_and_ranks_agree():
+    shape = (3,)
+    seen = [Draws(0, step, [5], "cpu").normal(shape, "noise", draw) for step in range(3) for draw in (0, 64, 100)]
+    assert len({tuple(x.flatten().tolist()) for x in seen}) == len(seen)
+    # The sample's numbers do not depend on which rank draws it, nor on the batch it is in.
+    alone = Draws(0, 7, [5], "cpu").normal(shape, "noise")
+    in_batch = Draws(0, 7, [4, 5], "cpu").normal(shape, "noise")
+    assert torch.equal(alone[0], in_batch[1])
