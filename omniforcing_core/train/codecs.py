@@ -34,7 +34,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -60,7 +60,7 @@ from ..world.metrics import detect_clip, position_error
 from ..world.prompts import WorldPromptConfig, WorldPromptEncoder
 from ..world.render import render_audio, render_frames
 from ..world.scene import BACKGROUND
-from .config import TrainConfig, TrainConfigError
+from .config import TrainConfig, TrainConfigError, parse_section
 from .data import write_shard
 from .distributed import TrainingState, load_latest_state, save_state
 from .runner import Progress
@@ -182,12 +182,7 @@ class WorldSection:
 
 
 def _table(cls, config: TrainConfig, name: str):
-    table = dict(config.other.get(name, {}))
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise TrainConfigError(f"[{name}] has unknown keys {unknown}; allowed: {sorted(known)}")
-    return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in table.items()})
+    return parse_section(cls, config.other.get(name, {}), name)
 
 
 def codecs_section(config: TrainConfig) -> CodecsSection:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -175,7 +175,8 @@ class TrainConfig:
         return self.stages.get(name, StageSection())
 
 
-def _section(cls, table: dict[str, Any], where: str):
+def parse_section(cls, table: Mapping[str, Any], where: str):
+    """One TOML table into its dataclass; unknown keys are refused with the allowed ones."""
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(table) - known)
     if unknown:
@@ -207,8 +208,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise TrainConfigError(f"{path}: unknown sections {unknown}; allowed: {sorted(allowed)}")
-    parsed = {name: _section(cls, raw.get(name, {}), name) for name, cls in sections.items()}
-    stages = {name: _section(StageSection, raw[name], name) for name in STAGES if name in raw}
+    parsed = {name: parse_section(cls, raw.get(name, {}), name) for name, cls in sections.items()}
+    stages = {name: parse_section(StageSection, raw[name], name) for name in STAGES if name in raw}
     extra = {"sigmas": tuple(float(s) for s in raw["sigmas"])} if "sigmas" in raw else {}
     other = {name: raw[name] for name in OTHER_SECTIONS if name in raw}
     return TrainConfig(**parsed, stages=stages, other=other, **extra)
