@@ -14,7 +14,7 @@ from omniforcing_core.conditioning import (
     save_text_conditioning,
 )
 from omniforcing_core.demo_model import DEMO_BASE, DEMO_PROMPT
-from omniforcing_core.media import MediaError, Mp4StreamWriter
+from omniforcing_core.media import Mp4StreamWriter
 from omniforcing_core.world.grammar import VOCABULARY
 
 av = pytest.importorskip("av")
@@ -66,8 +66,9 @@ def test_existing_output_is_never_overwritten(tmp_path):
           "--out", str(out)])
     assert out.read_bytes() == b"the user's video"
     assert probe(tmp_path / "mine_2.mp4")[0] == 25
-    with pytest.raises(MediaError, match="already exists"):
-        Mp4StreamWriter(out)
+    writer = Mp4StreamWriter(out)
+    assert writer.target == tmp_path / "mine_3.mp4"
+    writer.abort()
 
 
 def test_a_real_model_needs_its_base_file(tmp_path):
