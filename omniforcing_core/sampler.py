@@ -208,7 +208,9 @@ class StreamingSampler:
                 if switched is not None:
                     with torch.no_grad():
                         cache.text = self.model.encode_text(switched, into=cache.text)
-                block = self._generate_block(cache, span, draw, stopped)
+                # The last block of a finite stream is never read back: no context pass.
+                last = num_blocks is not None and index == num_blocks - 1
+                block = self._generate_block(cache, span, draw, stopped, write_context=not last)
                 if block is None:
                     return
                 yield block
@@ -232,8 +234,9 @@ class StreamingSampler:
 
     @torch.no_grad()
     def _generate_block(self, cache: StreamKVCache, span: BlockSpan, draw: NoiseFn,
-                        stopped: Callable[[], bool]) -> StreamBlock | None:
-        """The block's denoising steps and its context pass; None if stopped on the way."""
+                        stopped: Callable[[], bool], write_context: bool = True) -> StreamBlock | None:
+        """The block's denoising steps and (``write_context``) its context pass; None if
+        stopped on the way."""
         block = cache.begin_block(span)
         sigmas = self.settings.sigmas
         video, audio = draw(span, 0)
@@ -245,6 +248,8 @@ class StreamingSampler:
             if next_sigma > 0:
                 video_noise, audio_noise = draw(span, step + 1)
                 video, audio = renoise(video_x0, video_noise, next_sigma), renoise(audio_x0, audio_noise, next_sigma)
+        if not write_context:
+            return StreamBlock(span, video_x0, audio_x0)
         context_sigma = float(self.settings.context_noise)
         context_video, context_audio = video_x0, audio_x0
         if context_sigma > 0:

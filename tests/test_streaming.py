@@ -349,3 +349,23 @@ def test_blending_keeps_tokens_either_prompt_uses():
     assert torch.allclose(blended.video, torch.full((1, 4, 32), 0.25))
     assert TextConditioning(torch.zeros(1, 4, 32), torch.zeros(1, 4, 32)).lerp(long, 0.5).mask is None
     short.validate(config.caption_channels)
+
+
+def test_the_last_block_of_a_finite_stream_skips_its_context_pass(monkeypatch):
+    model = random_model()
+    sampler = StreamingSampler(model, BlockLayout.released(), StreamSettings(window_blocks=8))
+    text = random_text(model.config)
+    passes = []
+    forward_block = model.forward_block
+    monkeypatch.setattr(model, "forward_block", lambda *a, **k: passes.append(a[2]) or forward_block(*a, **k))
+    three = _collect(sampler, text, seconds=3, seed=5)
+    denoising = len(sampler.settings.sigmas) - 1
+    # Blocks 0 and 1 write their clean context (sigma 0) for the blocks after them; block 2 does not.
+    assert len(passes) == 3 * denoising + 2 and passes[-1] != 0.0
+    unbounded = sampler.stream(text, None, HEIGHT, WIDTH, seed=5)
+    passes.clear()
+    [next(unbounded) for _ in range(3)]
+    unbounded.close()
+    assert len(passes) == 3 * (denoising + 1)
+    four = _collect(sampler, text, seconds=4, seed=5)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(three, four))
