@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
+import threading
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 
@@ -25,20 +27,19 @@ from omniforcing_core import (
     AVTransformer,
     BlockLayout,
     ModelConfig,
-    StreamingSampler,
-    StreamSettings,
+    StreamPipeline,
     TextConditioning,
     block_causal_masks,
     preset_sigmas,
 )
 from omniforcing_core.decoders.audio_vae import AudioVAEConfig, AudioVAEDecoder
-from omniforcing_core.decoders.av_stream import AVStreamDecoder
 from omniforcing_core.decoders.video_vae import VideoVAE, VideoVAEConfig
 from omniforcing_core.decoders.vocoder import Vocoder, VocoderConfig
 from omniforcing_core.demo import randomize_
 from omniforcing_core.kv_cache import POSITION_MODES
 from omniforcing_core.layout import LAYOUT_NAMES, latent_grid
 from omniforcing_core.schedule import PRESETS as SCHEDULES
+from omniforcing_core.stream_run import DEFAULT_WINDOW_SECONDS, DecodeOptions, StreamRequest, StreamRun, default_settings
 
 # name: (transformer, decoder preset name, default height, width)
 PRESETS = {
@@ -55,11 +56,42 @@ def random_module(build, device: torch.device, dtype: torch.dtype, seed: int) ->
     return randomize_(module.to_empty(device=device).to(dtype), seed)
 
 
-def random_decoder(preset: str, device: torch.device, dtype: torch.dtype, seed: int) -> AVStreamDecoder:
-    video = random_module(lambda: VideoVAE(getattr(VideoVAEConfig, preset)()), device, dtype, seed + 1)
-    audio = random_module(lambda: AudioVAEDecoder(getattr(AudioVAEConfig, preset)()), device, dtype, seed + 2)
-    vocoder = random_module(lambda: Vocoder(getattr(VocoderConfig, preset)()), device, dtype, seed + 3)
-    return AVStreamDecoder(video, audio, vocoder)
+def random_pipeline(preset: str, layout: BlockLayout, device: torch.device, dtype: torch.dtype, seed: int) -> StreamPipeline:
+    make_config, decoder_preset, _, _ = PRESETS[preset]
+    transformer = random_module(lambda: AVTransformer(make_config()), device, dtype, seed)
+    video = random_module(lambda: VideoVAE(getattr(VideoVAEConfig, decoder_preset)()), device, dtype, seed + 1)
+    audio = random_module(lambda: AudioVAEDecoder(getattr(AudioVAEConfig, decoder_preset)()), device, dtype, seed + 2)
+    vocoder = random_module(lambda: Vocoder(getattr(VocoderConfig, decoder_preset)()), device, dtype, seed + 3)
+    return StreamPipeline(transformer, layout, video, audio, vocoder, f"{preset} preset, random weights")
+
+
+class PeakRSS:
+    """The process's peak resident memory while it runs (sampled), unlike ``ru_maxrss``,
+    which remembers every peak since start-up, warm-up and model building included."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s, self.peak, self._stop = interval_s, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def current() -> int:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak = self.current()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.current())
 
 
 class SyncCounter:
@@ -110,9 +142,12 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def recompute_time(model, layout, block_index, grid_hw, sigmas, text, device, dtype) -> float:
-    """One block generated without a cache: every denoising pass re-runs the whole prefix."""
-    spans = list(layout.iter_blocks(block_index + 1))
+def recompute_time(model, layout, block_index, visible_blocks, grid_hw, sigmas, text, device, dtype) -> float:
+    """One block generated without a cache: each denoising pass re-runs every block the
+    cached stream sees at ``block_index`` (``visible_blocks`` of them, itself included),
+    so both sides attend to the same number of tokens."""
+    num_blocks = min(block_index + 1, visible_blocks)
+    spans = list(layout.iter_blocks(num_blocks))
     frames, audio_frames = spans[-1].video_end, spans[-1].audio_end
     video = torch.randn(1, model.config.video_in_channels, frames, *grid_hw, device=device, dtype=dtype)
     audio = torch.randn(1, audio_frames, model.config.audio_in_channels, device=device, dtype=dtype)
@@ -134,83 +169,89 @@ def recompute_time(model, layout, block_index, grid_hw, sigmas, text, device, dt
     return elapsed
 
 
-def overlap_lever(sampler, decoder, text, seconds, height, width, seed, device) -> dict:
+def seconds_for_blocks(layout: BlockLayout, blocks: int) -> int:
+    """The stream length whose block count is ``blocks`` (the paper layout adds a prefix block)."""
+    seconds = blocks - 1 if layout.has_prefix_block else blocks
+    if seconds < 1:
+        raise SystemExit(f"the {layout.name} layout needs at least {blocks - seconds + 1} blocks")
+    return seconds
+
+
+def stream_fps(pipeline, request) -> float:
+    start = time.perf_counter()
+    run = StreamRun(pipeline, request)
+    run.run()
+    return run.outputs.frames_written / (time.perf_counter() - start)
+
+
+def overlap_lever(pipeline, request) -> dict:
     """FPS of the same stream with decode inline and overlapped with the next block's generation."""
-    fps = {}
-    for name, overlap in (("inline", False), ("overlapped", True)):
-        start = time.perf_counter()
-        frames = 0
-        for block in sampler.stream(text, seconds, height, width, seed=seed, decoder=decoder, overlap_decode=overlap):
-            frames += block.decoded.frames.shape[0]
-        device_sync(device)
-        fps[name] = frames / (time.perf_counter() - start)
+    fps = {name: stream_fps(pipeline, replace(request, decode=replace(request.decode, overlap=overlap)))
+           for name, overlap in (("inline", False), ("overlapped", True))}
     return {"inline_fps": round(fps["inline"], 3), "overlapped_fps": round(fps["overlapped"], 3),
             "ratio": round(fps["overlapped"] / fps["inline"], 3)}
 
 
 def run(args: argparse.Namespace) -> dict:
-    make_config, decoder_preset, default_height, default_width = PRESETS[args.preset]
+    _, _, default_height, default_width = PRESETS[args.preset]
     height, width = args.height or default_height, args.width or default_width
     grid_hw = latent_grid(height, width)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = make_config()
     layout = BlockLayout.named(args.layout)
-    # --blocks counts blocks; the paper layout's prefix block comes on top of whole seconds.
-    seconds = args.blocks - 1 if layout.has_prefix_block else args.blocks
-    if seconds < 1:
-        raise SystemExit(f"the {layout.name} layout needs at least {args.blocks - seconds + 1} blocks")
-    model = random_module(lambda: AVTransformer(config), device, dtype, args.seed)
-    decoder = random_decoder(decoder_preset, device, dtype, args.seed) if args.decode else None
+    seconds = seconds_for_blocks(layout, args.blocks)
+    pipeline = random_pipeline(args.preset, layout, device, dtype, args.seed)
+    model = pipeline.transformer
+    config = model.config
     sigmas = preset_sigmas(args.schedule)
-    settings = StreamSettings(sigmas=sigmas, window_blocks=args.window, position_mode=args.position_mode)
-    sampler = StreamingSampler(model, layout, settings)
+    settings = default_settings(sigmas=sigmas, window_blocks=args.window, position_mode=args.position_mode)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     shape = (1, args.text_tokens, config.caption_channels)
     text = TextConditioning(
         torch.randn(shape, generator=generator, device=device, dtype=dtype),
         torch.randn(shape, generator=generator, device=device, dtype=dtype),
     )
+    # Inline decode, so that each block's generation and decode are timed apart.
+    decode = DecodeOptions("full" if args.decode else "none", overlap=False)
+    request = StreamRequest(text, seconds, height, width, args.seed, settings, decode=decode, keep_frames=False,
+                            keep_latents=False)
 
     warmup_start = time.perf_counter()
-    for block in sampler.stream(text, args.warmup, height, width, seed=args.seed):
-        if decoder is not None:
-            decoder.push(block.span, block.video, block.audio)
+    StreamRun(pipeline, replace(request, seconds=seconds_for_blocks(layout, max(args.warmup, 1 + layout.has_prefix_block)))).run()
     device_sync(device)
     warmup_s = time.perf_counter() - warmup_start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    if decoder is not None:
-        decoder.reset()
-    denoise_s, decode_s, cache_bytes, frames = [], [], [], 0
     counter, decode_counter = SyncCounter(), SyncCounter()
-    stream = sampler.stream(text, seconds, height, width, seed=args.seed)
+    stream = StreamRun(pipeline, request, sync_device=True)
+    if stream.decoder is not None:
+        push = stream.decoder.push
+
+        def counted_push(*push_args, **kwargs):
+            # Counted as the decode's own: the outer counter would see every read a second time.
+            outer = counter.count
+            with decode_counter.counting():
+                decoded = push(*push_args, **kwargs)
+            counter.count = outer
+            return decoded
+
+        stream.decoder.push = counted_push
+    cache_bytes = []
     run_start = time.perf_counter()
     ttfc_s = None
-    while True:
-        block_start = time.perf_counter()
-        with counter.counting():
-            block = next(stream, None)
-        if block is None:
-            break
-        device_sync(device)
-        generated = time.perf_counter()
-        denoise_s.append(generated - block_start)
-        if decoder is not None:
-            with decode_counter.counting():
-                decoded = decoder.push(block.span, block.video, block.audio, final=block.index == args.blocks - 1)
-            frames += decoded.frames.shape[0]
-        else:
-            frames += block.span.pixel_count
-        device_sync(device)
-        decode_s.append(time.perf_counter() - generated)
-        cache_bytes.append(sampler.cache.nbytes)
-        if ttfc_s is None:
-            ttfc_s = time.perf_counter() - run_start
+    with PeakRSS() as rss, counter.counting():
+        for block in stream:
+            cache_bytes.append(stream.sampler.cache.nbytes)
+            if ttfc_s is None:
+                ttfc_s = time.perf_counter() - run_start
+    device_sync(device)
     wall_s = time.perf_counter() - run_start
+    denoise_s = [t.generate_s for t in stream.timings]
+    decode_s = [t.decode_s for t in stream.timings]
+    frames = stream.outputs.frames_written if args.decode else layout.frame_count(seconds)
     media_s = layout.block(args.blocks - 1).time_span[1]
 
     result = {
@@ -223,38 +264,42 @@ def run(args: argparse.Namespace) -> dict:
         "window_blocks": args.window,
         "sigmas": [round(s, 6) for s in sigmas],
         "passes_per_block": len(sigmas),
+        "warmup_blocks": args.warmup,
         "warmup_s": round(warmup_s, 4),
         "ttfc_s": round(ttfc_s, 4),
         "block_s": {
             "denoise": [round(t, 4) for t in denoise_s],
             "decode": [round(t, 4) for t in decode_s],
         },
-        "decoded": decoder is not None,
-        "fps": round(frames / wall_s, 3),
+        "decoded": bool(args.decode),
+        # Decode inline, after each block: the node overlaps it (see levers.decode_overlap).
+        "fps_inline": round(frames / wall_s, 3),
         "realtime_factor": round(media_s / wall_s, 4),
         "cache_bytes": cache_bytes,
-        "peak_mem_bytes": {"host": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024},
+        "peak_mem_bytes": {"host_after_warmup": rss.peak},
         "host_syncs": counter.count,
         # Handing frames and sound to the host is the decode's one intended sync point.
         "host_syncs_decode": decode_counter.count,
     }
     if device.type == "cuda":
         result["peak_mem_bytes"]["gpu"] = torch.cuda.max_memory_allocated(device)
-    if decoder is not None:
+    if args.decode:
         result["decode_fraction"] = round(median(decode_s[1:] or decode_s) / median(denoise_s[1:] or denoise_s), 4)
     totals = [a + b for a, b in zip(denoise_s, decode_s)]
     if args.blocks >= 60:
         early, late = median(totals[5:11]), median(totals[50:61])
         result["flatness"] = {"blocks_5_10_median_s": early, "blocks_50_60_median_s": late, "ratio": round(late / early, 4)}
-    if args.overlap_blocks and decoder is not None:
-        overlap_seconds = args.overlap_blocks - 1 if layout.has_prefix_block else args.overlap_blocks
-        result["levers"] = {"decode_overlap": overlap_lever(
-            sampler, decoder, text, overlap_seconds, height, width, args.seed, device)}
+    if args.overlap_blocks and args.decode:
+        overlapped = replace(request, seconds=seconds_for_blocks(layout, args.overlap_blocks))
+        result["levers"] = {"decode_overlap": overlap_lever(pipeline, overlapped)}
     if args.recompute_at is not None and args.recompute_at < args.blocks:
-        recompute_s = recompute_time(model, layout, args.recompute_at, grid_hw, sigmas, text, device, dtype)
+        visible = len(settings.window_policy(args.blocks).visible_blocks(args.recompute_at))
+        recompute_s = median([recompute_time(model, layout, args.recompute_at, visible, grid_hw, sigmas, text,
+                                             device, dtype) for _ in range(args.repeats)])
         cached_s = denoise_s[args.recompute_at]
         result["recompute_ratio"] = round(recompute_s / cached_s, 3)
-        result["recompute"] = {"block": args.recompute_at, "recompute_s": round(recompute_s, 4), "cached_s": round(cached_s, 4)}
+        result["recompute"] = {"block": args.recompute_at, "visible_blocks": visible, "repeats": args.repeats,
+                               "recompute_s": round(recompute_s, 4), "cached_s": round(cached_s, 4)}
     return result
 
 
@@ -264,11 +309,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--height", type=int)
     parser.add_argument("--width", type=int)
     parser.add_argument("--blocks", type=int, default=8)
-    parser.add_argument("--window", type=int, default=4, help="previous blocks kept in the cache")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW_SECONDS, help="previous blocks kept in the cache")
     parser.add_argument("--layout", choices=LAYOUT_NAMES, default="released")
     parser.add_argument("--schedule", choices=list(SCHEDULES), default="quality-4step")
     parser.add_argument("--position-mode", choices=POSITION_MODES, default="absolute")
     parser.add_argument("--recompute-at", type=int, help="measure recompute_ratio at this block")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the no-cache baseline (their median)")
     parser.add_argument("--warmup", type=int, default=2, help="blocks streamed before timing")
     parser.add_argument("--no-decode", dest="decode", action="store_false", help="time the transformer alone")
     parser.add_argument("--overlap-blocks", type=int, default=0,

@@ -6,11 +6,10 @@ import time
 
 import torch
 
-from omniforcing_core import PromptSwitch, TextConditioning
+from omniforcing_core import TextConditioning
 from omniforcing_core.conditioning import ConditioningError
-from omniforcing_core.host import available_host_memory
-from omniforcing_core.sampler import decode_blocks
 from omniforcing_core.layout import VIDEO_FPS
+from omniforcing_core.stream_run import DecodeOptions, PromptAt, StreamRequest, StreamRun
 
 from .comfy_bridge import bridge
 from .demo_prompt import DEMO_PROMPT_KEY
@@ -93,69 +92,39 @@ class OmniForcingStreamingSampler:
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         pipeline = model.pipeline
-        layout = pipeline.layout
-        text = conditioning_to_text(positive, pipeline.caption_channels, model.demo)
-        switches = [
-            PromptSwitch(layout.block_at_second(change.second),
-                         conditioning_to_text(change.conditioning, pipeline.caption_channels, model.demo),
-                         blend_blocks=change.blend_seconds)
-            for change in prompt_schedule
-        ]
-        sampler = pipeline.sampler(settings.stream)
+        to_text = lambda conditioning: conditioning_to_text(conditioning, pipeline.caption_channels, model.demo)  # noqa: E731
         preview = decode == "fast preview"
-        decoder = pipeline.decoder(video_lookahead_latents=settings.decode_lookahead, preview=preview, seed=seed)
-        # Everything is checked here, before the model moves or anything large is allocated.
-        stream = sampler.stream(text, seconds, height, width, seed=seed, prompt_schedule=switches, decoder=decoder,
-                                overlap_decode=True, should_stop=b.interrupt_requested)
-        blocks_total = layout.num_blocks(seconds)
-        frames_total = layout.block(blocks_total - 1).pixel_interval[1]
-        images = allocate_images(frames_total, height, width)
-        b.ready(model.handle, sampler.memory_estimate(seconds, height, width))
-        live = LivePreview(b, unique_id, b.prompt_id(), blocks_total, width, height, seconds, decoder.sample_rate)
-        blocks, waveforms = [], []
+        request = StreamRequest(
+            to_text(positive), seconds, height, width, seed, settings.stream,
+            prompts=tuple(PromptAt(change.second, to_text(change.conditioning), change.blend_seconds)
+                          for change in prompt_schedule),
+            decode=DecodeOptions("sketch" if preview else "full", settings.decode_lookahead, overlap=True,
+                                 final_full_decode=preview),
+        )
+        # Everything is checked here, memory included, before the model moves or anything large is allocated.
+        run = StreamRun(pipeline, request, should_stop=b.interrupt_requested)
+        b.ready(model.handle, run.memory.stream_bytes)
+        live = LivePreview(b, unique_id, b.prompt_id(), run.blocks_total, width, height, seconds,
+                           run.decoder.sample_rate)
         try:
             started = time.perf_counter()
-            for block in stream:
-                blocks.append(block)
-                waveforms.append(block.decoded.waveform)
-                start, end = block.span.pixel_interval
-                images[start:end] = block.decoded.frames
+            for block in run:
                 live.block(block, time.perf_counter() - started)
                 b.check_interrupt()
                 started = time.perf_counter()
             b.check_interrupt()  # a stream stopped early by an interrupt ends here
         except BaseException as stopped:
-            stream.close()  # frees the KV cache at once
             # ComfyUI's interrupt is a BaseException; anything else is a failure to report.
             failed = isinstance(stopped, Exception)
             live.end(interrupted=not failed, error=f"{type(stopped).__name__}: {stopped}" if failed else None)
             b.release_memory()
             raise
         live.end()
-        if preview:
-            final = pipeline.decoder(video_lookahead_latents=settings.decode_lookahead, seed=seed)
-            waveforms = []
-            for block in decode_blocks(blocks, final, blocks_total):
-                start, end = block.span.pixel_interval
-                images[start:end] = block.decoded.frames
-                waveforms.append(block.decoded.waveform)
-        waveform = torch.cat(waveforms, dim=1)
-        video_latent = torch.cat([block.video for block in blocks], dim=2).float().cpu()
-        audio_latent = pipeline.audio_vae.latents_from_tokens(torch.cat([block.audio for block in blocks], dim=1))
-        latent = b.av_latent(video_latent, audio_latent.float().cpu())
-        audio = {"waveform": waveform.unsqueeze(0), "sample_rate": decoder.sample_rate}
+        outputs = run.outputs
+        waveform = outputs.waveform()
+        video_latent, audio_tokens = outputs.latents()
+        audio_latent = pipeline.audio_vae.latents_from_tokens(audio_tokens)
+        latent = b.av_latent(video_latent.float().cpu(), audio_latent.float().cpu())
+        audio = {"waveform": waveform.unsqueeze(0), "sample_rate": outputs.sample_rate}
         b.release_memory()
-        return {"ui": live.final_ui(waveform), "result": (images, audio, float(VIDEO_FPS), latent)}
-
-
-def allocate_images(frames: int, height: int, width: int) -> torch.Tensor:
-    """The IMAGE output, allocated once up front (every frame as float32, as ComfyUI expects),
-    refused at once when the host cannot hold it."""
-    needed = frames * height * width * 3 * 4
-    free = available_host_memory()
-    if free is not None and needed > free:
-        raise MemoryError(
-            f"the stream's IMAGE output needs {needed / 2**30:.1f} GiB for {frames} frames at {width}x{height}, "
-            f"but only {free / 2**30:.1f} GiB of memory is free; stream fewer seconds or a smaller size"
-        )
-    return torch.empty((frames, height, width, 3), dtype=torch.float32)
+        return {"ui": live.final_ui(waveform), "result": (outputs.images(), audio, float(VIDEO_FPS), latent)}

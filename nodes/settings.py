@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from omniforcing_core import ScheduleError, StreamSettings, StreamSettingsError, parse_sigma_list, preset_sigmas
 from omniforcing_core.schedule import PRESETS
+from omniforcing_core.stream_run import DEFAULT_WINDOW_SECONDS, default_settings
 
 CUSTOM = "custom"
 SCHEDULES = (*PRESETS, CUSTOM)
@@ -20,7 +21,7 @@ class NodeStreamSettings:
 
     @classmethod
     def defaults(cls) -> "NodeStreamSettings":
-        return cls(StreamSettings(window_blocks=8))
+        return cls(default_settings())
 
 
 def settings_error(**inputs) -> str | None:
@@ -69,7 +70,7 @@ class OmniForcingStreamSettings:
                                "fewer. Checkpoints without sinks only allow -1 or 0.",
                 }),
                 "window_seconds": ("INT", {
-                    "default": 8, "min": 0, "max": 600,
+                    "default": DEFAULT_WINDOW_SECONDS, "min": 0, "max": 600,
                     "tooltip": "Seconds of past kept in the cache beside the retained start. Memory and time "
                                "per block stay flat however long the stream. 0 keeps everything.",
                 }),

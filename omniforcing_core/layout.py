@@ -216,6 +216,20 @@ class BlockLayout:
             raise LayoutError(f"a stream second is >= 0, got {second}")
         return second + 1 if self.has_prefix_block else second
 
+    def window_blocks(self, seconds: int) -> int:
+        """Blocks a window of ``seconds`` of past keeps: every block after block 0 is one second."""
+        if seconds < 1:
+            raise LayoutError(f"a window keeps at least 1 second, got {seconds}")
+        return int(seconds)
+
+    def frame_count(self, num_seconds: int) -> int:
+        """Pixel frames of a stream of ``num_seconds``."""
+        return self.block(self.num_blocks(num_seconds) - 1).pixel_interval[1]
+
+    def sample_count(self, num_seconds: int) -> int:
+        """24 kHz waveform samples of a stream of ``num_seconds``."""
+        return self.block(self.num_blocks(num_seconds) - 1).sample_interval[1]
+
     def block(self, index: int) -> BlockSpan:
         """Block ``index`` of an unbounded stream."""
         if index < 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Generator, Iterable, Iterator, Sequence
 
@@ -94,6 +95,15 @@ class PromptSwitch:
 
 
 @dataclass(frozen=True)
+class BlockTiming:
+    """Seconds one block took: waiting for its latents (with an overlapped decode, the part
+    of the generation the previous decode did not hide) and decoding it."""
+
+    generate_s: float
+    decode_s: float = 0.0
+
+
+@dataclass(frozen=True)
 class StreamBlock:
     """One finished block: latents of both streams, where they sit in the stream, and
     (when the sampler was given a decoder) its frames and sound."""
@@ -154,6 +164,8 @@ class StreamingSampler:
         decoder: AVStreamDecoder | None = None,
         overlap_decode: bool = False,
         should_stop: Callable[[], bool] | None = None,
+        timings: list[BlockTiming] | None = None,
+        sync_device: bool = False,
     ) -> Iterator[StreamBlock]:
         """Yield blocks as they finish. ``num_seconds`` None streams until the caller stops.
 
@@ -163,7 +175,9 @@ class StreamingSampler:
         stream on a GPU) while this one decodes: each block arrives as soon as before,
         and the stream's pace becomes the slower of the two instead of their sum.
         ``should_stop`` is asked before every forward pass; when it answers True the
-        stream ends early (an interrupt then takes effect within one pass).
+        stream ends early (an interrupt then takes effect within one pass). ``timings``
+        gets one ``BlockTiming`` per block; ``sync_device`` waits for the device before
+        each reading, so that on a GPU they time the work, not its launch.
 
         Every argument is checked here, before anything is allocated; the cache is freed
         when the stream ends, is closed, or is interrupted.
@@ -184,11 +198,12 @@ class StreamingSampler:
         def generate(stopped: Callable[[], bool] = stop) -> Iterator[StreamBlock]:
             return self._generate(text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size, stopped)
 
-        if decoder is None:
-            return generate()
         device = next(self.model.parameters()).device
+        sync = (lambda: torch.cuda.synchronize(device)) if sync_device and device.type == "cuda" else None
+        if decoder is None:
+            return generate() if timings is None else _timed(generate(), timings, sync)
         blocks = _generated_ahead(generate, stop, device) if overlap_decode else generate()
-        return decode_blocks(blocks, decoder, num_blocks)
+        return decode_blocks(blocks, decoder, num_blocks, timings, sync)
 
     def _generate(self, text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size, stopped) -> Iterator[StreamBlock]:
         param = next(self.model.parameters())
@@ -285,18 +300,45 @@ def _check_schedule(text: TextConditioning, schedule: Sequence[PromptSwitch], nu
         previous_text, previous_end, previous_block = switch.text, switch.block + switch.blend_blocks, switch.block
 
 
-def decode_blocks(blocks: Iterable[StreamBlock], decoder: AVStreamDecoder, num_blocks: int | None) -> Iterator[StreamBlock]:
+def decode_blocks(blocks: Iterable[StreamBlock], decoder: AVStreamDecoder, num_blocks: int | None,
+                  timings: list[BlockTiming] | None = None, sync: Callable[[], None] | None = None) -> Iterator[StreamBlock]:
     """Decode latent blocks in order; the block with index ``num_blocks - 1`` ends the decode.
     Closing this closes ``blocks`` when it is a stream (freeing its cache)."""
     decoder.reset()
+    latents = iter(blocks)
     try:
-        for block in blocks:
+        while True:
+            started = time.perf_counter()
+            block = next(latents, None)
+            if block is None:
+                return
+            if sync is not None:
+                sync()
+            generated = time.perf_counter()
             final = num_blocks is not None and block.index == num_blocks - 1
             decoded = decoder.push(block.span, block.video, block.audio, final=final)
+            if timings is not None:
+                timings.append(BlockTiming(generated - started, time.perf_counter() - generated))
             yield StreamBlock(block.span, block.video, block.audio, decoded)
     finally:
         if isinstance(blocks, Generator):
             blocks.close()
+
+
+def _timed(blocks: Generator[StreamBlock, None, None], timings: list[BlockTiming],
+           sync: Callable[[], None] | None) -> Iterator[StreamBlock]:
+    try:
+        while True:
+            started = time.perf_counter()
+            block = next(blocks, None)
+            if block is None:
+                return
+            if sync is not None:
+                sync()
+            timings.append(BlockTiming(time.perf_counter() - started))
+            yield block
+    finally:
+        blocks.close()
 
 
 _DONE = object()

@@ -314,11 +314,12 @@ def test_saved_prompt_context_feeds_the_standalone_command(bridge):
 
 
 def test_an_image_output_the_host_cannot_hold_is_refused_before_streaming(bridge, monkeypatch):
-    from nodes import sampler as sampler_node
+    from omniforcing_core import stream_run
 
     model, _ = load_tiny()
-    monkeypatch.setattr(sampler_node, "available_host_memory", lambda: 10 * 2**20)
-    with pytest.raises(MemoryError, match=r"needs 0\.1 GiB for 73 frames at 384x256, but only 0\.0 GiB"):
+    monkeypatch.setattr(stream_run, "available_host_memory", lambda: 10 * 2**20)
+    with pytest.raises(MemoryError, match=r"needs 0\.1 GiB of host memory .* outputs 0\.1 GiB\) but only 0\.0 GiB "
+                                          r"is free: keep a shorter window, stream a smaller size \(384x256\) or fewer"):
         node("OmniForcingStreamingSampler").sample(model, conditioning(), 384, 256, 3, 0, "full")
     assert bridge.events == []
 
