@@ -18,6 +18,7 @@ from nodes.settings import NodeStreamSettings
 from omniforcing_core.checkpoint import CheckpointError, load_prompt_encoder
 from omniforcing_core.conditioning import TextConditioning, load_text_conditioning
 from omniforcing_core.demo import TINY_BASE_FILE, TINY_GENERATOR_FILE, write_tiny_checkpoints
+from omniforcing_core.decoders.video_stream import exact_lookahead_latents
 from omniforcing_core.demo_model import DEMO_BASE, DEMO_PROMPT
 from omniforcing_core.world.grammar import VOCABULARY
 
@@ -195,6 +196,22 @@ def test_fast_preview_streams_sketches_and_still_returns_the_full_decode(bridge)
     preview = run_sampler(model, seconds=2, decode="fast preview")["result"]
     assert torch.equal(full[0], preview[0])
     assert torch.equal(full[1]["waveform"], preview[1]["waveform"])
+
+
+@pytest.mark.parametrize("seconds", [1, 3, 6])
+def test_every_decode_lookahead_streams_through_the_node(bridge, seconds):
+    model, _ = load_tiny()
+    vae = model.pipeline.video_vae
+    exact = exact_lookahead_latents(vae.config)
+    frames = 24 * seconds + 1
+    for lookahead in (1, 2, 3, exact):
+        bridge.events.clear()
+        images, audio, _, latent = run_sampler(model, seconds=seconds, settings=settings(decode_lookahead=lookahead))["result"]
+        assert images.shape[0] == frames and audio["waveform"].shape[-1] == 24000 * seconds + 240
+        shown = sum(len(payload["frames"]) for name, payload in bridge.events if name == events.BLOCK)
+        assert shown == frames, lookahead
+    whole_clip = vae.decode_frames(latent["samples"][0], seed=3)
+    assert (images - whole_clip).abs().max() <= 1e-5
 
 
 def test_interrupt_frees_the_stream_and_the_next_run_works(bridge):
