@@ -71,9 +71,10 @@ def test_existing_output_is_never_overwritten(tmp_path):
     writer.abort()
 
 
-def test_a_real_model_needs_its_base_file(tmp_path):
-    with pytest.raises(SystemExit, match="--base is required"):
+def test_a_real_model_needs_its_base_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
         main(["stream", "--generator", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "x.mp4")])
+    assert exited.value.code == 2 and "error: --base is required" in capsys.readouterr().err
 
 
 def test_prompt_context_files(tmp_path):
@@ -107,7 +108,7 @@ def test_no_generator_streams_the_built_in_demo(use_stand_in_demo, tmp_path, cap
     assert (frames, rate, channels, size) == (49, 24000, 2, (192, 128))  # the demo's own size, width x height
 
 
-def test_the_demo_prompt_goes_through_the_demo_prompt_encoder(use_stand_in_demo):
+def test_the_demo_prompt_goes_through_the_demo_prompt_encoder(use_stand_in_demo, tmp_path):
     pipeline, text = _build(parse_args(["stream", "--device", "cpu", "--prompt", "a white box hops"]))
     expected = load_prompt_encoder(use_stand_in_demo / DEMO_BASE)("a white box hops")
     assert torch.equal(text.video, expected.video) and torch.equal(text.audio, expected.audio)
@@ -118,7 +119,9 @@ def test_the_demo_prompt_goes_through_the_demo_prompt_encoder(use_stand_in_demo)
     assert fp8.transformer.transformer_blocks[0].attn1.to_q.weight.dtype == torch.float8_e4m3fn
     default = parse_args(["stream"])
     assert (default.prompt, default.height, default.width, default.dtype) == (DEMO_PROMPT, 128, 192, "fp32")
-    real = parse_args(["stream", "--generator", "g.safetensors"])
+    context = tmp_path / "p.safetensors"
+    save_text_conditioning(context, TextConditioning(torch.randn(1, 5, 32), torch.randn(1, 5, 32)))
+    real = parse_args(["stream", "--generator", "g.safetensors", "--base", "b.safetensors", "--context", str(context)])
     assert (real.prompt, real.height, real.width, real.dtype) == (None, 512, 768, "bf16")
 
 
@@ -151,12 +154,14 @@ def test_a_prompt_too_long_for_the_encoder_is_refused_before_the_model_loads(use
     assert "error: the prompt 'a red ball and" in err and "has 24 words; the encoder takes at most 16" in err
 
 
-def test_missing_demo_files_say_so_and_offer_random_weights(no_demo, capsys):
+def test_missing_demo_files_say_so_and_offer_random_weights(no_demo, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:
-        main(["stream", "--seconds", "1"])
-    message = str(exited.value.code)
+        main(["stream", "--seconds", "1", "--out", str(tmp_path / "x.mp4")])
+    assert exited.value.code == 2
+    message = capsys.readouterr().err
     assert f"error: the built-in demo model file {no_demo / DEMO_BASE} is missing" in message
     assert "--random-weights" in message
+    assert not list(tmp_path.rglob("*.mp4"))  # the output's temporary file is gone again
 
 
 @pytest.mark.parametrize(
