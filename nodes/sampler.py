@@ -107,11 +107,12 @@ class OmniForcingStreamingSampler:
         live = LivePreview(b, unique_id, b.prompt_id(), run.blocks_total, width, height, seconds,
                            run.decoder.sample_rate)
         try:
-            started = time.perf_counter()
-            for block in run:
-                live.block(block, time.perf_counter() - started)
-                b.check_interrupt()
+            with run:  # an interrupt raised here frees the KV cache at once
                 started = time.perf_counter()
+                for block in run:
+                    live.block(block, time.perf_counter() - started)
+                    b.check_interrupt()
+                    started = time.perf_counter()
             b.check_interrupt()  # a stream stopped early by an interrupt ends here
         except BaseException as stopped:
             # ComfyUI's interrupt is a BaseException; anything else is a failure to report.

@@ -28,8 +28,9 @@ from .kv_cache import POSITION_MODES
 from .media import MediaError, Mp4StreamWriter, check_output_path
 from .layout import LAYOUT_NAMES, check_resolution
 from .pipeline import StreamPipeline
-from .sampler import StreamSettings, StreamSettingsError
+from .sampler import StreamSettingsError
 from .schedule import PRESETS, ScheduleError, resolve_schedule
+from .stream_run import DEFAULT_WINDOW_SECONDS, DecodeOptions, StreamRequest, StreamRun, default_settings
 from .world.grammar import VOCABULARY, words
 
 
@@ -81,33 +82,32 @@ def _usage_error(message: str) -> NoReturn:
 def stream_command(args: argparse.Namespace) -> None:
     # The output's own temporary file first: an unwritable folder is refused before any load.
     writer = Mp4StreamWriter(args.out, overwrite=args.overwrite)
-    blocks_done, blocks_total, frames_total = 0, None, 0
+    run = None
     try:
         pipeline, text = _build(args)
-        decoder = pipeline.decoder(video_lookahead_latents=args.video_lookahead, preview=args.preview, seed=args.seed)
-        sampler = pipeline.sampler(args.settings)
-        blocks_total = pipeline.layout.num_blocks(args.seconds)
+        request = StreamRequest(
+            text, args.seconds, args.height, args.width, args.seed, args.settings,
+            decode=DecodeOptions("sketch" if args.preview else "full", args.video_lookahead, overlap=args.overlap),
+            keep_frames=False, keep_latents=False,
+        )
+        run = StreamRun(pipeline, request)
         start = previous = time.perf_counter()
-        blocks = sampler.stream(text, args.seconds, args.height, args.width, seed=args.seed, decoder=decoder,
-                                overlap_decode=args.overlap)
-        with contextlib.closing(blocks):  # an interrupt stops the generating worker and frees the cache
-            for block in blocks:
+        with run:  # an interrupt stops the generating worker and frees the cache at once
+            for block in run:
                 writer.write(block.decoded.frames, block.decoded.waveform)
-                blocks_done += 1
                 now = time.perf_counter()
-                frames_total += block.decoded.frames.shape[0]
                 t0, t1 = block.time_span
                 print(
-                    f"block {block.index + 1}/{blocks_total}  {t0:6.2f}-{t1:6.2f} s  "
+                    f"block {block.index + 1}/{run.blocks_total}  {t0:6.2f}-{t1:6.2f} s  "
                     f"{block.decoded.frames.shape[0]:3d} frames  {block.decoded.waveform.shape[1]:6d} samples  "
-                    f"{now - previous:6.2f} s  ({frames_total / (now - start):.1f} fps so far)",
+                    f"{now - previous:6.2f} s  ({run.outputs.frames_written / (now - start):.1f} fps so far)",
                     flush=True,
                 )
                 previous = now
     except BaseException as stop:
         writer.abort()
         if isinstance(stop, KeyboardInterrupt):
-            progress = "before the first block" if blocks_total is None else f"after {blocks_done} of {blocks_total} blocks"
+            progress = "before the first block" if run is None else f"after {run.blocks_made} of {run.blocks_total} blocks"
             print(f"stopped {progress}; the unfinished file was removed, nothing was written to {writer.target}",
                   file=sys.stderr)
         raise
@@ -116,7 +116,8 @@ def stream_command(args: argparse.Namespace) -> None:
     if path != planned:
         print(f"note: {planned} appeared while the stream ran; it was kept and this stream went to {path}",
               file=sys.stderr)
-    print(f"wrote {path}: {frames_total} frames at 24 fps with 24 kHz stereo in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {path}: {run.outputs.frames_written} frames at 24 fps with 24 kHz stereo in "
+          f"{time.perf_counter() - start:.1f} s")
 
 
 def tiny_command(args: argparse.Namespace) -> None:
@@ -171,8 +172,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     stream.add_argument("--seed", type=_whole_number(0, SEED_MAX), default=0)
     stream.add_argument("--schedule", default="quality-4step",
                         help=f"{', '.join(PRESETS)}, or a list of sigmas/timesteps like '1000,750,500,0'")
-    stream.add_argument("--window", type=_whole_number(0), default=0,
-                        help="seconds of past kept in the cache (0: everything)")
+    stream.add_argument("--window", type=_whole_number(0), default=DEFAULT_WINDOW_SECONDS,
+                        help=f"seconds of past kept in the cache (default {DEFAULT_WINDOW_SECONDS}; 0: everything)")
     stream.add_argument("--context-noise", type=float, default=0.0)
     stream.add_argument("--position-mode", choices=POSITION_MODES, default="absolute")
     stream.add_argument("--layout", choices=LAYOUT_NAMES, help="override the detected block layout")
@@ -246,8 +247,8 @@ def _check_stream_args(parser: argparse.ArgumentParser, args: argparse.Namespace
     except ScheduleError as error:
         parser.error(f"--schedule: {error}")
     try:
-        args.settings = StreamSettings(sigmas=sigmas, window_blocks=args.window or None,
-                                       context_noise=args.context_noise, position_mode=args.position_mode)
+        args.settings = default_settings(sigmas=sigmas, window_blocks=args.window or None,
+                                         context_noise=args.context_noise, position_mode=args.position_mode)
     except StreamSettingsError as error:  # the other settings are checked above or by their choices
         parser.error(f"--context-noise: {error}")
     try:

@@ -192,7 +192,8 @@ class StreamOutputs:
 
 
 class StreamRun:
-    """A checked stream: iterate it for its blocks; then ``outputs`` and ``end``.
+    """A checked stream: iterate it (once) for its blocks, inside ``with`` so that an
+    exception in the loop's body ends it at once; then ``outputs`` and ``end``.
 
     Everything is checked when it is made (request, settings, prompt schedule, decoder,
     memory), before anything large is allocated. ``should_stop`` is asked before every
@@ -231,6 +232,7 @@ class StreamRun:
                                      or self._final_decoder is not None)
         self.blocks_made = 0
         self.end: StreamEnd | None = None
+        self._iteration = self._iterate()
 
     def _memory_plan(self, pipeline: "StreamPipeline") -> MemoryPlan:
         r = self.request
@@ -246,6 +248,23 @@ class StreamRun:
         return MemoryPlan(self.sampler.memory_estimate(r.seconds, r.height, r.width, text_tokens), output, param.device)
 
     def __iter__(self) -> Iterator[StreamBlock]:
+        return self._iteration
+
+    def __enter__(self) -> "StreamRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the stream now (an interrupt in the caller's loop): the cache and the
+        generating worker go at once, and ``end`` says how far it got."""
+        self._iteration.close()
+        self._blocks.close()
+        if self.end is None:
+            self.end = StreamEnd("stopped", self.blocks_made, self.blocks_total)
+
+    def _iterate(self) -> Iterator[StreamBlock]:
         made = 0
         try:
             for block in self._blocks:
@@ -274,9 +293,6 @@ class StreamRun:
         self.outputs.restart_decoded()
         for block in decode_blocks(latent_blocks, self._final_decoder, self.end.blocks_made):
             self.outputs.add_decoded(block.decoded.frames, block.decoded.waveform, block.decoded.sample_rate)
-
-    def close(self) -> None:
-        self._blocks.close()
 
     def run(self) -> StreamEnd:
         """Stream to the end without looking at the blocks."""

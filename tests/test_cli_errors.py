@@ -300,7 +300,7 @@ def test_ctrl_c_stops_the_generating_worker_and_removes_the_file(tmp_path, monke
         main(["stream", *TINY, "--seconds", "5", "--out", str(tmp_path / "x.mp4")])
     assert exited.value.code == 130
     err = capsys.readouterr().err
-    assert f"stopped after 0 of 5 blocks; the unfinished file was removed, nothing was written to {tmp_path / 'x.mp4'}" \
+    assert f"stopped after 1 of 5 blocks; the unfinished file was removed, nothing was written to {tmp_path / 'x.mp4'}" \
         in err and "stopped by SIGINT" in err
     assert not [thread for thread in threading.enumerate() if thread.name == "omniforcing-generate"]
     assert not list(tmp_path.iterdir())
