@@ -36,6 +36,7 @@ from omniforcing_core.demo_model import (
 from omniforcing_core.layout import VIDEO_FPS, BlockLayout, latent_grid
 from omniforcing_core.pipeline import StreamPipeline
 from omniforcing_core.sampler import StreamSettings
+from omniforcing_core.stream_run import DecodeOptions, StreamRequest, StreamRun, decode_latents
 from omniforcing_core.world.metrics import evaluate
 
 PROMPTS = (
@@ -61,15 +62,13 @@ def stream_clip(pipeline: StreamPipeline, text, seconds: int, seed: int, setting
     """Frames, sound and timings of one stream, decoded block by block."""
     start = time.perf_counter()
     first = None
-    frames, audio = [], []
-    with torch.no_grad():
-        for block in pipeline.sampler(settings).stream(text, seconds, DEMO_HEIGHT, DEMO_WIDTH, seed=seed,
-                                                       decoder=pipeline.decoder(), overlap_decode=overlap):
+    run = StreamRun(pipeline, StreamRequest(text, seconds, DEMO_HEIGHT, DEMO_WIDTH, seed, settings,
+                                            decode=DecodeOptions(overlap=overlap), keep_latents=False))
+    with torch.no_grad(), run:
+        for _ in run:
             first = first or time.perf_counter() - start
-            frames.append(block.decoded.frames)
-            audio.append(block.decoded.waveform)
     total = time.perf_counter() - start
-    pixels, waveform = _to_numpy(torch.cat(frames), torch.cat(audio, dim=-1))
+    pixels, waveform = _to_numpy(run.outputs.images(), run.outputs.waveform())
     return {"frames": pixels, "audio": waveform, "ttfc_s": first, "fps": pixels.shape[0] / total, "total_s": total}
 
 
@@ -90,11 +89,7 @@ def teacher_clip(teacher, pipeline: StreamPipeline, encoder, prompt: str, second
         cond, uncond = encoder(prompt), encoder("")
         (video, audio), _ = teacher_sample(teacher, noise_video, noise_audio, cond, uncond,
                                            Guidance(guidance, guidance), teacher_grid(steps, ()))
-        decoder, decoded = pipeline.decoder(), []
-        last = layout.num_blocks(seconds) - 1
-        for span in layout.iter_blocks(last + 1):
-            decoded.append(decoder.push(span, video[:, :, span.video_start:span.video_end],
-                                        audio[:, span.audio_start:span.audio_end], final=span.index == last))
+        decoded = [block.decoded for block in decode_latents(pipeline.decoder(), layout, video, audio)]
     total = time.perf_counter() - start
     pixels, waveform = _to_numpy(torch.cat([d.frames for d in decoded]), torch.cat([d.waveform for d in decoded], -1))
     return {"frames": pixels, "audio": waveform, "ttfc_s": total, "fps": pixels.shape[0] / total, "total_s": total}

@@ -23,6 +23,7 @@ from PIL import Image
 from omniforcing_core.checkpoint import load_prompt_encoder
 from omniforcing_core.demo_model import DEMO_BASE, demo_path
 from omniforcing_core.pipeline import StreamPipeline
+from omniforcing_core.stream_run import StreamRequest, StreamRun
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 DEMO_TEMPLATE = "omniforcing_demo"
@@ -42,10 +43,9 @@ def stream_frames(prompt: str, width: int, height: int, seconds: int, seed: int)
     encoder = load_prompt_encoder(demo_path(DEMO_BASE))
     pipeline = StreamPipeline.demo()
     with torch.no_grad():
-        text = encoder(prompt)
-        decoder = pipeline.decoder(seed=seed)
-        blocks = pipeline.sampler().stream(text, seconds, height, width, seed=seed, decoder=decoder)
-        return torch.cat([block.decoded.frames for block in blocks])
+        run = StreamRun(pipeline, StreamRequest(encoder(prompt), seconds, height, width, seed, keep_latents=False))
+        run.run()
+    return run.outputs.images()
 
 
 def tile(frames: torch.Tensor, columns: int = TILES[0], rows: int = TILES[1]) -> Image.Image:

@@ -216,6 +216,14 @@ class BlockLayout:
             raise LayoutError(f"a stream second is >= 0, got {second}")
         return second + 1 if self.has_prefix_block else second
 
+    def blocks_holding(self, video_latents: int) -> int:
+        """How many whole blocks ``video_latents`` video latent frames make."""
+        rest = video_latents - self.first_video_frames
+        if rest < 0 or rest % self.video_frames_per_block:
+            raise LayoutError(f"{video_latents} video latents are not whole blocks of the {self.name} layout "
+                              f"({self.first_video_frames} + {self.video_frames_per_block} per block)")
+        return 1 + rest // self.video_frames_per_block
+
     def window_blocks(self, seconds: int) -> int:
         """Blocks a window of ``seconds`` of past keeps: every block after block 0 is one second."""
         if seconds < 1:

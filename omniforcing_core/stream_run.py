@@ -286,12 +286,8 @@ class StreamRun:
     def _decode_again(self) -> None:
         """The sketched stream VAE-decoded from its kept latents, replacing the sketches."""
         video, audio = self.outputs.latents()
-        layout = self.sampler.layout
-        spans = layout.iter_blocks(self.end.blocks_made)
-        latent_blocks = [StreamBlock(s, video[:, :, s.video_start:s.video_end], audio[:, s.audio_start:s.audio_end])
-                         for s in spans]
         self.outputs.restart_decoded()
-        for block in decode_blocks(latent_blocks, self._final_decoder, self.end.blocks_made):
+        for block in decode_latents(self._final_decoder, self.sampler.layout, video, audio):
             self.outputs.add_decoded(block.decoded.frames, block.decoded.waveform, block.decoded.sample_rate)
 
     def run(self) -> StreamEnd:
@@ -299,3 +295,11 @@ class StreamRun:
         for _ in self:
             pass
         return self.end
+
+
+def decode_latents(decoder, layout, video: torch.Tensor, audio: torch.Tensor) -> Iterator[StreamBlock]:
+    """A whole clip's latents (video [1, C, f, h, w], audio tokens [1, t, C]) decoded block by
+    block through the streaming decoder, as a stream's blocks are."""
+    spans = layout.iter_blocks(layout.blocks_holding(video.shape[2]))
+    blocks = [StreamBlock(s, video[:, :, s.video_start:s.video_end], audio[:, s.audio_start:s.audio_end]) for s in spans]
+    return decode_blocks(blocks, decoder, len(blocks))

@@ -89,3 +89,11 @@ def test_bad_durations_are_refused():
         list(BlockLayout.paper().iter_blocks(0))
     with pytest.raises(LayoutError, match="unknown block layout"):
         BlockLayout.named("diagonal")
+
+
+def test_blocks_holding_counts_whole_blocks_only():
+    for layout in (BlockLayout.released(), BlockLayout.paper()):
+        for seconds in (1, 3, 7):
+            assert layout.blocks_holding(layout.latent_lengths(seconds)[0]) == layout.num_blocks(seconds)
+        with pytest.raises(LayoutError, match="not whole blocks"):
+            layout.blocks_holding(layout.latent_lengths(2)[0] + 1)
