@@ -2,12 +2,15 @@
 
     python benchmarks/load_memory.py                 # ~1 GiB fp32 checkpoint, loaded as fp32
     python benchmarks/load_memory.py --file-dtype bf16 --dtype bf16
+    python benchmarks/load_memory.py --file-dtype bf16 --dtype bf16 --fp8   # quantised to fp8 on load
     python benchmarks/load_memory.py --skip-timing   # or --skip-memory
 
 Memory: a checkpoint of random weights is written to a temporary folder (deleted
 afterwards); a fresh Python process imports torch, notes its resident memory, loads the
 checkpoint to the CPU and reports its peak resident memory (VmHWM, which counts mapped
-file pages too). The goal is a peak of at most 1.3x the file size. Linux only (/proc).
+file pages too). The goal is a peak of at most 1.3x the file size; with ``--fp8`` (block
+linears quantised to fp8 while loading) a peak of about one copy of the loaded weights.
+Linux only (/proc).
 
 Timing: a small model saved as bf16 and as fp8 (per-tensor scales), both loaded to
 compute in bf16 on the CPU; median wall time of the full-sequence forward.
@@ -44,7 +47,7 @@ def status_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def child(path: str, dtype: str) -> None:
+def child(path: str, dtype: str, fp8: bool) -> None:
     """Runs in a fresh process: load once, report memory as JSON."""
     baseline = status_bytes("VmRSS")
     # torch's meta-device machinery costs a fixed ~70 MiB the first time it runs; measured
@@ -53,14 +56,14 @@ def child(path: str, dtype: str) -> None:
         AVTransformer(ModelConfig.tiny())
     warm = status_bytes("VmRSS")
     start = time.perf_counter()
-    loaded = load_model(path, device="cpu", dtype=dtype)
+    loaded = load_model(path, device="cpu", dtype=dtype, fp8_weights=fp8)
     seconds = time.perf_counter() - start
     weights = sum(t.nbytes for t in loaded.model.state_dict().values())
     print(json.dumps({"baseline": baseline, "warm": warm, "peak": status_bytes("VmHWM"), "weights": weights,
                       "seconds": seconds}))
 
 
-def measure_memory(file_dtype: str, dtype: str) -> None:
+def measure_memory(file_dtype: str, dtype: str, fp8: bool) -> None:
     config = ModelConfig(**MEMORY_CONFIG)
     with tempfile.TemporaryDirectory(dir="/tmp") as folder:
         path = Path(folder) / "memory_benchmark.safetensors"
@@ -69,12 +72,13 @@ def measure_memory(file_dtype: str, dtype: str) -> None:
         del model
         size = path.stat().st_size
         result = subprocess.run(
-            [sys.executable, __file__, "--child", str(path), "--dtype", dtype],
+            [sys.executable, __file__, "--child", str(path), "--dtype", dtype] + (["--fp8"] if fp8 else []),
             check=True, capture_output=True, text=True,
         )
         numbers = json.loads(result.stdout.strip().splitlines()[-1])
     gib = 2**30
-    print(f"checkpoint {size / gib:.3f} GiB ({file_dtype}, {config.describe()}), loaded as {dtype}")
+    weights = "block linears quantised to fp8" if fp8 else "weights"
+    print(f"checkpoint {size / gib:.3f} GiB ({file_dtype}, {config.describe()}), loaded as {dtype}, {weights}")
     print(f"  loaded weights       {numbers['weights'] / gib:.3f} GiB in {numbers['seconds']:.2f} s")
     print(f"  process before load  {numbers['baseline'] / gib:.3f} GiB (python + torch), "
           f"{numbers['warm'] / gib:.3f} GiB after the meta-device warm-up")
@@ -118,16 +122,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--file-dtype", default="fp32", choices=["fp32", "bf16", "fp8"])
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--fp8", action="store_true", help="load with fp8_weights=True")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.dtype)
+        child(args.child, args.dtype, args.fp8)
         return
     if not args.skip_memory:
-        measure_memory(args.file_dtype, args.dtype)
+        measure_memory(args.file_dtype, args.dtype, args.fp8)
     if not args.skip_timing:
         measure_fp8_timing(args.repeats)
 
