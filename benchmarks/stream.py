@@ -39,6 +39,7 @@ from omniforcing_core.demo import randomize_
 from omniforcing_core.kv_cache import POSITION_MODES
 from omniforcing_core.layout import LAYOUT_NAMES, latent_grid
 from omniforcing_core.schedule import PRESETS as SCHEDULES
+from benchmarks.roofline import block_costs, gemm_peak_flops
 from omniforcing_core.stream_run import DEFAULT_WINDOW_SECONDS, DecodeOptions, StreamRequest, StreamRun, default_settings
 
 # name: (transformer, decoder preset name, default height, width)
@@ -292,6 +293,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.overlap_blocks and args.decode:
         overlapped = replace(request, seconds=seconds_for_blocks(layout, args.overlap_blocks))
         result["levers"] = {"decode_overlap": overlap_lever(pipeline, overlapped)}
+    if args.roofline:
+        result["roofline"] = roofline(pipeline, request, denoise_s, decode_s, device, dtype)
     if args.recompute_at is not None and args.recompute_at < args.blocks:
         visible = len(settings.window_policy(args.blocks).visible_blocks(args.recompute_at))
         recompute_s = median([recompute_time(model, layout, args.recompute_at, visible, grid_hw, sigmas, text,
@@ -301,6 +304,22 @@ def run(args: argparse.Namespace) -> dict:
         result["recompute"] = {"block": args.recompute_at, "visible_blocks": visible, "repeats": args.repeats,
                                "recompute_s": round(recompute_s, 4), "cached_s": round(cached_s, 4)}
     return result
+
+
+def roofline(pipeline, request, denoise_s: list[float], decode_s: list[float], device, dtype) -> dict:
+    """FLOPs per block against the measured GEMM peak, and aten calls per block."""
+    costs = block_costs(pipeline, request)
+    peak = gemm_peak_flops(device, dtype)
+    # The last block skips its context pass: steady-state blocks are the others.
+    steady_denoise = median(denoise_s[:-1] or denoise_s)
+    out = {**costs, "gemm_peak_gflops": round(peak / 1e9, 2),
+           "denoise_gflops": round(costs["denoise_flops"] / steady_denoise / 1e9, 2)}
+    out["denoise_peak_fraction"] = round(out["denoise_gflops"] * 1e9 / peak, 4)
+    if request.decode.mode != "none":
+        steady_decode = median(decode_s[:-1] or decode_s)
+        out["decode_gflops"] = round(costs["decode_flops"] / steady_decode / 1e9, 2)
+        out["decode_peak_fraction"] = round(out["decode_gflops"] * 1e9 / peak, 4)
+    return out
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -317,6 +336,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="runs of the no-cache baseline (their median)")
     parser.add_argument("--warmup", type=int, default=2, help="blocks streamed before timing")
     parser.add_argument("--no-decode", dest="decode", action="store_false", help="time the transformer alone")
+    parser.add_argument("--no-roofline", dest="roofline", action="store_false",
+                        help="skip counting FLOPs and aten calls per block and the GEMM peak probe")
     parser.add_argument("--overlap-blocks", type=int, default=0,
                         help="also stream this many blocks with decode inline and overlapped, and compare")
     parser.add_argument("--text-tokens", type=int, default=64)

@@ -21,6 +21,10 @@ def test_tiny_benchmark_reports_every_field(capsys):
     assert result["recompute"]["block"] == 3 and result["recompute"]["visible_blocks"] == 3
     assert result["recompute"]["repeats"] == 2 and result["warmup_blocks"] == 1
     assert result["passes_per_block"] == 5
+    roofline = result["roofline"]
+    assert roofline["measured_block"] == 2 and roofline["gemm_peak_gflops"] > 0
+    assert roofline["denoise_flops"] > 0 and roofline["decode_flops"] > 0 and roofline["denoise_aten_calls"] > 100
+    assert 0 < roofline["denoise_peak_fraction"] and 0 < roofline["decode_peak_fraction"]
     lever = result["levers"]["decode_overlap"]
     assert set(lever) == {"inline_fps", "overlapped_fps", "ratio"}
 
@@ -42,3 +46,18 @@ def test_paper_layout_counts_its_prefix_block(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["blocks"] == 3 and len(result["block_s"]["denoise"]) == 3  # prefix + 2 seconds
     assert result["host_syncs"] == 0
+
+
+def test_the_cpu_flash_attention_kernel_is_counted_like_the_cuda_ones():
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    from benchmarks.roofline import Counted
+
+    q = torch.randn(1, 4, 64, 32)
+    mask = torch.ones(64, 64, dtype=torch.bool)
+    with Counted() as counted:
+        F.scaled_dot_product_attention(q, q, q, attn_mask=mask)
+    assert counted.flops == sdpa_flop_count(q.shape, q.shape, q.shape) == 4 * 4 * 64 * 64 * 32
+    assert counted.calls >= 1
