@@ -190,12 +190,55 @@ def test_sampler_streams_images_audio_and_latent(bridge):
     assert (bridge.temp_dir() / replay["audio"]["subfolder"] / replay["audio"]["filename"]).exists()
 
 
-def test_fast_preview_streams_sketches_and_still_returns_the_full_decode(bridge):
+def test_fast_preview_streams_sketches_and_still_returns_the_full_decode(bridge, monkeypatch):
+    from nodes import live_preview
+
     model, _ = load_tiny()
     full = run_sampler(model, seconds=2)["result"]
+    shown = []
+    block = live_preview.LivePreview.block
+    monkeypatch.setattr(live_preview.LivePreview, "block", lambda self, b, s: shown.append(b.decoded.frames) or block(self, b, s))
     preview = run_sampler(model, seconds=2, decode="fast preview")["result"]
+    sketches = torch.cat(shown)
+    expected = model.pipeline.decoder(preview=True).preview.frames(preview[3]["samples"][0], first_latent=0)
+    assert sketches.shape == full[0].shape and torch.allclose(sketches, expected, atol=1e-6)
+    assert (sketches - full[0]).abs().max() > 0.05  # the stream showed sketches, not the VAE decode
     assert torch.equal(full[0], preview[0])
     assert torch.equal(full[1]["waveform"], preview[1]["waveform"])
+
+
+def test_an_interrupt_asked_mid_block_stops_within_a_pass(bridge, monkeypatch):
+    model, _ = load_tiny()
+    asked = []
+    requested = lambda: asked.append(1) or len(asked) > 7  # noqa: E731  (block 1's third pass)
+
+    def check_interrupt():  # ComfyUI's check raises once the request stands
+        if len(asked) > 7:
+            raise Interrupted("interrupted")
+
+    monkeypatch.setattr(bridge, "interrupt_requested", requested)
+    monkeypatch.setattr(bridge, "check_interrupt", check_interrupt)
+    with pytest.raises(Interrupted):
+        run_sampler(model, seconds=4)
+    # Block 0 asks before each of its 5 passes; the worker generating block 1 ahead stops at
+    # the pass the request lands on (or earlier, when the check after block 0 already sees it).
+    assert 6 <= len(asked) <= 8
+    assert bridge.events[-1][1]["blocks_done"] == 1 and bridge.events[-1][1]["interrupted"] is True
+
+
+def test_a_failing_preview_write_fails_the_stream_with_its_error(bridge, monkeypatch):
+    from nodes import live_preview
+
+    model, _ = load_tiny()
+
+    def full_disk(*args):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(live_preview, "write_wav", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        run_sampler(model, seconds=2)
+    end = bridge.events[-1][1]
+    assert end["error"] == "OSError: No space left on device" and end["interrupted"] is False
 
 
 @pytest.mark.parametrize("seconds", [1, 3, 6])

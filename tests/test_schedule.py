@@ -1,11 +1,14 @@
 import pytest
 
+from helpers import golden_vectors
 from omniforcing_core import ScheduleError, parse_sigma_list, preset_sigmas
 from omniforcing_core.schedule import ltx2_sigmas, sigmas_from_timesteps, validate_sigmas
 
 
 def test_released_timesteps_snap_to_the_reference_sigmas():
-    assert preset_sigmas("quality-4step") == pytest.approx([1.0, 0.906229, 0.726524, 0.420719, 0.0], abs=1e-6)
+    reference = golden_vectors()["stream.sigmas"].tolist()  # what the public reference streamed with
+    assert len(reference) == 5
+    assert preset_sigmas("quality-4step") == pytest.approx(reference, abs=1e-6)
 
 
 def test_realtime_preset_has_three_steps():

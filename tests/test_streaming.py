@@ -86,12 +86,48 @@ def test_cache_reproduces_the_masked_full_forward(layout, sinks):
 
 
 @pytest.mark.parametrize("layout", [BlockLayout.released(), BlockLayout.paper()], ids=lambda l: l.name)
-def test_rolling_window_equals_a_windowed_mask(layout):
+@pytest.mark.parametrize("retained, visible", [(1, [0, 5, 6, 7]), (2, [0, 1, 5, 6, 7])])
+def test_rolling_window_equals_a_windowed_mask(layout, retained, visible):
     model = random_model(ModelConfig.tiny(audio_sink_tokens=2))
-    policy = WindowPolicy(retained_start_blocks=1, window_blocks=2)
+    policy = WindowPolicy(retained_start_blocks=retained, window_blocks=2)
     case = TeacherForced(model, layout, 8, 2, policy)
     assert max_block_error(layout, 8, case.full(), case.streamed()) <= 1e-5
-    assert policy.visible_blocks(7) == [0, 5, 6, 7]
+    assert policy.visible_blocks(7) == visible
+
+
+@pytest.mark.parametrize("context_noise", [0.0, 0.3])
+def test_later_blocks_read_the_context_pass_of_the_re_noised_block(context_noise):
+    # One step per block, so block 1's x0 is one pass: the full masked forward over block 0's
+    # context input (its x0 re-noised to context_noise with the last noise drawn) and block 1's noise.
+    model = random_model()
+    layout = BlockLayout.released()
+    settings = StreamSettings(sigmas=(1.0, 0.0), context_noise=context_noise, window_blocks=4)
+    drawn = {}
+
+    def noise(span, step):
+        generator = torch.Generator().manual_seed(100 * span.index + step)
+        drawn[(span.index, step)] = (torch.randn(1, 128, span.video_frames, *GRID, generator=generator),
+                                     torch.randn(1, span.audio_frames, 128, generator=generator))
+        return drawn[(span.index, step)]
+
+    text = random_text(model.config)
+    first, second = StreamingSampler(model, layout, settings).stream(text, 2, HEIGHT, WIDTH, noise=noise)
+    if context_noise:
+        context_video = (1 - context_noise) * first.video + context_noise * drawn[(0, 1)][0]
+        context_audio = (1 - context_noise) * first.audio + context_noise * drawn[(0, 1)][1]
+    else:
+        context_video, context_audio = first.video, first.audio
+    b0, b1 = layout.block(0), layout.block(1)
+    video = torch.cat([context_video, drawn[(1, 0)][0]], dim=2)
+    audio = torch.cat([context_audio, drawn[(1, 0)][1]], dim=1)
+    video_sigma = torch.tensor([context_noise] * b0.video_frames + [1.0] * b1.video_frames)[None]
+    audio_sigma = torch.tensor([context_noise] * b0.audio_frames + [1.0] * b1.audio_frames)[None]
+    with torch.no_grad():
+        full_video, full_audio = model(video, audio, video_sigma, audio_sigma, text,
+                                       block_causal_masks(layout, 2, GRID[0] * GRID[1]))
+    # x0 = x - sigma * velocity, at sigma 1.
+    assert (second.video - (drawn[(1, 0)][0] - full_video[:, :, b1.video_start:])).abs().max() <= 1e-5
+    assert (second.audio - (drawn[(1, 0)][1] - full_audio[:, b1.audio_start:])).abs().max() <= 1e-5
 
 
 def test_evicted_block_is_never_read():
