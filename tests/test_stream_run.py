@@ -37,7 +37,7 @@ def test_a_finished_stream_keeps_every_frame_sample_and_latent_once(pipeline):
     assert run.outputs.waveform().shape == (2, layout.sample_count(3))
     video, audio = run.outputs.latents()
     assert video.shape[2] == layout.latent_lengths(3)[0] and audio.shape[1] == layout.latent_lengths(3)[1]
-    assert [t.decode_s > 0 for t in run.timings] == [True] * 3
+    assert len(run.timings) == 3
 
 
 def test_a_stream_stopped_on_the_way_says_so_and_keeps_what_it_made(pipeline):
