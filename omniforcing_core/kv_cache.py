@@ -42,15 +42,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .attention import KINDS, AttentionKind, AVRope, av_rope
 from .config import ModelConfig
 from .layout import BLOCK_SECONDS, BlockLayout, BlockSpan
 from .rope import RotaryTable, time_shift_rotation
-from .transformer import AVRope, TextKV, av_rope
 
 POSITION_MODES = ("absolute", "rebased")
-_VIDEO_KEYED = ("video_self", "video_to_audio")
-
-
 class CacheError(ValueError):
     """A window or placement the cache cannot hold."""
 
@@ -97,6 +94,44 @@ class WindowPolicy:
         """Whether starting ``block`` moves the window's positions back one block."""
         return self.position_mode == "rebased" and block > self.retained_start_blocks + self.window_blocks
 
+    def placement(self, span: BlockSpan, layout: BlockLayout, tokens_per_frame: int, sink_tokens: int) -> "Placement":
+        """Where ``span``'s keys go in the buffers and how many tokens it reads: the retained
+        start in stream order (audio sinks first), then the ring of ``ring_slots`` slots."""
+        slot = self.ring_slot(span.index)
+        if slot is None:
+            return Placement(span.video_start * tokens_per_frame, span.video_end * tokens_per_frame,
+                             audio_token(span.audio_start, sink_tokens) if span.index else 0,
+                             audio_token(span.audio_end, sink_tokens))
+        last_retained = layout.block(self.retained_start_blocks - 1)
+        video_start, audio_start = last_retained.video_end * tokens_per_frame, audio_token(last_retained.audio_end, sink_tokens)
+        video_slot, audio_slot = layout.video_frames_per_block * tokens_per_frame, layout.audio_frames_per_block
+        filled = min(span.index - self.retained_start_blocks, self.window_blocks) + 1
+        return Placement(video_start + slot * video_slot, video_start + filled * video_slot,
+                         audio_start + slot * audio_slot, audio_start + filled * audio_slot)
+
+
+def audio_token(latent: int, sink_tokens: int) -> int:
+    """Where audio latent ``latent`` sits among a stream's audio tokens: the sinks come first."""
+    return sink_tokens + latent
+
+
+@dataclass(frozen=True)
+class TextKV:
+    """Text keys/values of every layer, computed once per prompt: [layers, 2, B, H, tokens, d]."""
+
+    video: torch.Tensor
+    audio: torch.Tensor
+    mask: torch.Tensor | None  # [B, 1, 1, tokens], True = attend
+
+    @property
+    def nbytes(self) -> int:
+        return self.video.nbytes + self.audio.nbytes
+
+    def keys_values(self, stream: str, layer: int, attention: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's stored keys/values (``attention`` is unused: the text's own projection ran once)."""
+        stored = (self.video if stream == "video" else self.audio)[layer]
+        return stored[0], stored[1]
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -125,10 +160,10 @@ class CachedAttention:
         self.cache = cache
         self.placement = placement
 
-    def attend(self, kind: str, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, kind: AttentionKind, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         p = self.placement
-        offset, valid = (p.video_offset, p.video_valid) if kind in _VIDEO_KEYED else (p.audio_offset, p.audio_valid)
-        keys, values = self.cache.buffers[kind][layer]
+        offset, valid = (p.video_offset, p.video_valid) if kind.keys == "video" else (p.audio_offset, p.audio_valid)
+        keys, values = self.cache.buffers[kind.name][layer]
         end = offset + k.shape[2]
         keys[:, :, offset:end].copy_(k)
         values[:, :, offset:end].copy_(v)
@@ -159,7 +194,7 @@ class StreamKVCache:
         self.tokens_per_frame = grid_hw[0] * grid_hw[1]
         last_retained = layout.block(policy.retained_start_blocks - 1)
         self.video_start_tokens = last_retained.video_end * self.tokens_per_frame
-        self.audio_start_tokens = sink_tokens + last_retained.audio_end
+        self.audio_start_tokens = audio_token(last_retained.audio_end, sink_tokens)
         self.video_slot_tokens = layout.video_frames_per_block * self.tokens_per_frame
         self.audio_slot_tokens = layout.audio_frames_per_block
         video_capacity = self.video_start_tokens + policy.ring_slots * self.video_slot_tokens
@@ -169,27 +204,21 @@ class StreamKVCache:
             shape = (config.num_layers, 2, batch_size, heads, capacity, head_dim)
             return torch.zeros(shape, device=device, dtype=dtype)
 
+        capacity = {"video": video_capacity, "audio": audio_capacity}
         self.buffers: dict[str, torch.Tensor] = {
-            "video_self": buffer(config.video_heads, config.video_head_dim, video_capacity),
-            "audio_self": buffer(config.audio_heads, config.audio_head_dim, audio_capacity),
-            "audio_to_video": buffer(config.audio_heads, config.audio_head_dim, audio_capacity),
-            "video_to_audio": buffer(config.audio_heads, config.audio_head_dim, video_capacity),
+            kind.name: buffer(kind.heads(config), kind.head_dim(config), capacity[kind.keys]) for kind in KINDS
         }
         self.text: TextKV | None = None
         self._window_shift = self._shift_rotations(config, device, dtype) if policy.position_mode == "rebased" else {}
 
     @staticmethod
-    def _shift_rotations(config: ModelConfig, device, dtype: torch.dtype) -> dict[str, RotaryTable]:
+    def _shift_rotations(config: ModelConfig, device, dtype: torch.dtype) -> dict[AttentionKind, RotaryTable]:
         """Per kind, the rotation [heads, 1, head_dim] moving keys back one block (1 s)."""
-        specs = {
-            "video_self": (3, config.video_dim, config.video_max_pos[0], config.video_heads),
-            "audio_self": (1, config.audio_dim, config.audio_max_pos[0], config.audio_heads),
-            "audio_to_video": (1, config.cross_modal_dim, config.cross_modal_max_pos, config.audio_heads),
-            "video_to_audio": (1, config.cross_modal_dim, config.cross_modal_max_pos, config.audio_heads),
-        }
         rotations = {}
-        for kind, (axes, dim, max_time, heads) in specs.items():
+        for kind in KINDS:
+            axes, dim, max_time = kind.rope_geometry(config)
             table = time_shift_rotation(-BLOCK_SECONDS, axes, dim, max_time, config.rope_theta, device)
+            heads = kind.heads(config)
             per_head = (heads, 1, dim // heads)
             rotations[kind] = RotaryTable(table.cos.view(per_head), table.sin.view(per_head)).to(dtype)
         return rotations
@@ -201,21 +230,7 @@ class StreamKVCache:
         return sum(b.nbytes for b in self.buffers.values()) + text
 
     def placement(self, span: BlockSpan) -> Placement:
-        slot = self.policy.ring_slot(span.index)
-        sinks = self.sink_tokens
-        if slot is None:
-            video_offset = span.video_start * self.tokens_per_frame
-            video_end = span.video_end * self.tokens_per_frame
-            audio_offset = 0 if span.index == 0 else sinks + span.audio_start
-            audio_end = sinks + span.audio_end
-            return Placement(video_offset, video_end, audio_offset, audio_end)
-        filled = min(span.index - self.policy.retained_start_blocks, self.policy.window_blocks) + 1
-        return Placement(
-            self.video_start_tokens + slot * self.video_slot_tokens,
-            self.video_start_tokens + filled * self.video_slot_tokens,
-            self.audio_start_tokens + slot * self.audio_slot_tokens,
-            self.audio_start_tokens + filled * self.audio_slot_tokens,
-        )
+        return self.policy.placement(span, self.layout, self.tokens_per_frame, self.sink_tokens)
 
     def begin_block(self, span: BlockSpan) -> CachedBlock:
         """Prepare the cache for ``span``: re-base positions if needed, place its keys."""
@@ -231,9 +246,9 @@ class StreamKVCache:
 
     def _move_window_back_one_block(self) -> None:
         for kind, rotation in self._window_shift.items():
-            start = self.video_start_tokens if kind in _VIDEO_KEYED else self.audio_start_tokens
+            start = self.video_start_tokens if kind.keys == "video" else self.audio_start_tokens
             # One layer at a time: the rotation's temporaries stay one layer's window in size.
-            for layer_keys in self.buffers[kind][:, 0, :, :, start:]:
+            for layer_keys in self.buffers[kind.name][:, 0, :, :, start:]:
                 layer_keys.copy_(rotation.apply(layer_keys))
 
     def release(self) -> None:

@@ -12,17 +12,18 @@ from typing import Callable, Iterable
 
 import torch
 
+from .attention import KINDS, AttentionKind
 from .layout import BlockLayout
 
 
 @dataclass(frozen=True)
 class AVMasks:
-    """Boolean masks, True = may attend: [queries, keys]."""
+    """Boolean masks per attention kind, True = may attend: [queries, keys]."""
 
-    video_self: torch.Tensor
-    audio_self: torch.Tensor
-    audio_to_video: torch.Tensor  # video queries, audio keys
-    video_to_audio: torch.Tensor  # audio queries, video keys
+    by_kind: dict[str, torch.Tensor]
+
+    def __getitem__(self, kind: AttentionKind) -> torch.Tensor:
+        return self.by_kind[kind.name]
 
 
 def token_block_ids(
@@ -57,9 +58,5 @@ def block_causal_masks(
     def sees(query_ids: torch.Tensor, key_ids: torch.Tensor) -> torch.Tensor:
         return visible[query_ids][:, key_ids]
 
-    return AVMasks(
-        video_self=sees(video_ids, video_ids),
-        audio_self=sees(audio_ids, audio_ids),
-        audio_to_video=sees(video_ids, audio_ids),
-        video_to_audio=sees(audio_ids, video_ids),
-    )
+    ids = {"video": video_ids, "audio": audio_ids}
+    return AVMasks({kind.name: sees(ids[kind.queries], ids[kind.keys]) for kind in KINDS})

@@ -225,3 +225,4 @@ def time_shift_rotation(
     delta[0] = grid * (2 * seconds / max_pos_time)
     angles = delta.transpose(0, 1).flatten().unsqueeze(0)
     return _table_from_angles(angles, inner_dim, torch.float32, STUDENT_ROPE, None)
+

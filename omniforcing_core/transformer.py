@@ -16,7 +16,7 @@ own timestep. The network predicts velocity; x0 = x - sigma * v.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +24,13 @@ from torch import nn
 
 from .conditioning import TextConditioning
 from .config import ModelConfig
+from .kv_cache import CachedBlock, TextKV
+from .layout import BlockSpan
 from .masks import AVMasks
-from .rope import RotaryTable, time_table, video_table
+from .attention import AUDIO_SELF, AUDIO_TO_VIDEO, VIDEO_SELF, VIDEO_TO_AUDIO, AttentionKind, AVRope, av_rope
+from .rope import RotaryTable
 from .timestep import TimestepEmbedder
 
-if TYPE_CHECKING:
-    from .kv_cache import CachedBlock
-    from .layout import BlockSpan
 
 
 class AdaLayerNormSingle(nn.Module):
@@ -121,73 +121,6 @@ def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class AVRope:
-    """RoPE tables of one forward: each stream's own positions and the shared time axis."""
-
-    video_self: RotaryTable
-    audio_self: RotaryTable
-    video_cross: RotaryTable
-    audio_cross: RotaryTable
-
-
-def av_rope(
-    config: ModelConfig,
-    video_frame_start: int,
-    video_frames: int,
-    grid_hw: tuple[int, int],
-    audio_frame_start: int,
-    audio_frames: int,
-    sink_tokens: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> AVRope:
-    """RoPE tables for a span of latent frames; sinks (if any) lead the audio tables."""
-    c = config
-    conventions = c.rope_conventions
-    video_self = video_table(
-        video_frame_start, video_frames, grid_hw, c.video_dim, c.video_max_pos, c.rope_theta, device, dtype,
-        conventions, c.video_heads,
-    )
-    audio_self = time_table(
-        audio_frame_start, audio_frames, "audio", c.audio_dim, c.audio_max_pos[0], c.rope_theta, device, dtype,
-        conventions, c.audio_heads,
-    )
-    # Split tables are cut per head; the video side of the cross-modal one into the video
-    # head count, as ltx-core does (equal to the audio heads in every LTX-2 model).
-    video_cross = time_table(
-        video_frame_start, video_frames, "video", c.cross_modal_dim, c.cross_modal_max_pos, c.rope_theta, device, dtype,
-        conventions, c.video_heads,
-    )
-    audio_cross = time_table(
-        audio_frame_start, audio_frames, "audio", c.cross_modal_dim, c.cross_modal_max_pos, c.rope_theta, device, dtype,
-        conventions, c.audio_heads,
-    )
-    return AVRope(
-        video_self=video_self,
-        audio_self=audio_self.with_identity_prefix(sink_tokens),
-        video_cross=video_cross.repeat_tokens(grid_hw[0] * grid_hw[1]),
-        audio_cross=audio_cross.with_identity_prefix(sink_tokens),
-    )
-
-
-@dataclass(frozen=True)
-class TextKV:
-    """Text keys/values of every layer, computed once per prompt: [layers, 2, B, H, tokens, d]."""
-
-    video: torch.Tensor
-    audio: torch.Tensor
-    mask: torch.Tensor | None  # [B, 1, 1, tokens], True = attend
-
-    @property
-    def nbytes(self) -> int:
-        return self.video.nbytes + self.audio.nbytes
-
-    def keys_values(self, stream: str, layer: int, attention: "Attention") -> tuple[torch.Tensor, torch.Tensor]:
-        stored = (self.video if stream == "video" else self.audio)[layer]
-        return stored[0], stored[1]
-
-
-@dataclass(frozen=True)
 class TextContext:
     """Projected text contexts [B, tokens, width] of both streams; each layer computes its
     own text keys/values when it runs. This is the training path: FSDP2 shards each
@@ -217,7 +150,7 @@ class KeyValueRouter(Protocol):
     """Where self- and cross-modal attention find their keys: the sequence itself
     (full forward, optionally masked) or the stream's KV cache (one block at a time)."""
 
-    def attend(self, kind: str, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+    def attend(self, kind: AttentionKind, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
 
 
 class SequenceAttention:
@@ -227,7 +160,7 @@ class SequenceAttention:
         self.masks = masks
 
     def attend(self, kind, layer, q, k, v):
-        mask = getattr(self.masks, kind) if self.masks is not None else None
+        mask = self.masks[kind] if self.masks is not None else None
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -270,7 +203,7 @@ class AVTransformerLayer(nn.Module):
         ax: torch.Tensor,
         mod: _Modulation,
         rope: AVRope,
-        text: "TextKV | TextContext",
+        text: TextKV | TextContext,
         router: KeyValueRouter,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         eps = self.eps
@@ -282,13 +215,13 @@ class AVTransformerLayer(nn.Module):
         normed = rms_norm(vx, eps) * (1 + v_scale) + v_shift
         q = self.attn1.query(normed, rope.video_self)
         k, v = self.attn1.key_value(normed, rope.video_self)
-        vx = vx + self.attn1.output(router.attend("video_self", index, q, k, v)) * v_gate
+        vx = vx + self.attn1.output(router.attend(VIDEO_SELF, index, q, k, v)) * v_gate
         vx = vx + self._text_attention(self.attn2, vx, *text.keys_values("video", index, self.attn2), text.mask)
 
         normed = rms_norm(ax, eps) * (1 + a_scale) + a_shift
         q = self.audio_attn1.query(normed, rope.audio_self)
         k, v = self.audio_attn1.key_value(normed, rope.audio_self)
-        ax = ax + self.audio_attn1.output(router.attend("audio_self", index, q, k, v)) * a_gate
+        ax = ax + self.audio_attn1.output(router.attend(AUDIO_SELF, index, q, k, v)) * a_gate
         ax = ax + self._text_attention(
             self.audio_attn2, ax, *text.keys_values("audio", index, self.audio_attn2), text.mask
         )
@@ -304,11 +237,11 @@ class AVTransformerLayer(nn.Module):
 
         q = self.audio_to_video_attn.query(vn * (1 + v_scale_a2v) + v_shift_a2v, rope.video_cross)
         k, v = self.audio_to_video_attn.key_value(an * (1 + a_scale_a2v) + a_shift_a2v, rope.audio_cross)
-        a2v = self.audio_to_video_attn.output(router.attend("audio_to_video", index, q, k, v))
+        a2v = self.audio_to_video_attn.output(router.attend(AUDIO_TO_VIDEO, index, q, k, v))
 
         q = self.video_to_audio_attn.query(an * (1 + a_scale_v2a) + a_shift_v2a, rope.audio_cross)
         k, v = self.video_to_audio_attn.key_value(vn * (1 + v_scale_v2a) + v_shift_v2a, rope.video_cross)
-        v2a = self.video_to_audio_attn.output(router.attend("video_to_audio", index, q, k, v))
+        v2a = self.video_to_audio_attn.output(router.attend(VIDEO_TO_AUDIO, index, q, k, v))
         vx = vx + a2v * v_gate_a2v
         ax = ax + v2a * a_gate_v2a
 
@@ -448,7 +381,7 @@ class AVTransformer(nn.Module):
         video: torch.Tensor,
         audio: torch.Tensor,
         sigma: torch.Tensor,
-        span: "BlockSpan",
+        span: BlockSpan,
         text: TextConditioning | TextContext,
         router: KeyValueRouter,
         sink_tokens: int = 0,
@@ -473,7 +406,7 @@ class AVTransformer(nn.Module):
         return video.to(dtype), audio.to(dtype)
 
     def forward_block(
-        self, video: torch.Tensor, audio: torch.Tensor, sigma: float, block: "CachedBlock", text: TextKV
+        self, video: torch.Tensor, audio: torch.Tensor, sigma: float, block: CachedBlock, text: TextKV
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Velocity of one block at a shared ``sigma``, attending to the past through the cache."""
         shared = torch.full((video.shape[0], 1), sigma, device=video.device, dtype=torch.float32)

@@ -14,6 +14,7 @@ from omniforcing_core import (
     WindowPolicy,
     block_causal_masks,
 )
+from omniforcing_core.attention import KINDS
 from omniforcing_core.rope import time_shift_rotation, video_table
 
 GRID = (2, 3)  # 64 x 96 pixels: 6 tokens per video latent frame
@@ -141,9 +142,10 @@ def test_evicted_block_is_never_read():
         def hook(cache, span):
             if span.index == 6:
                 placement = cache.placement(layout.block(slot_of_block))
-                for kind, buffer in cache.buffers.items():
-                    start = placement.video_offset if kind in ("video_self", "video_to_audio") else placement.audio_offset
-                    width = cache.video_slot_tokens if kind in ("video_self", "video_to_audio") else cache.audio_slot_tokens
+                for kind in KINDS:
+                    buffer, video_keys = cache.buffers[kind.name], kind.keys == "video"
+                    start = placement.video_offset if video_keys else placement.audio_offset
+                    width = cache.video_slot_tokens if video_keys else cache.audio_slot_tokens
                     buffer[:, :, :, :, start:start + width] = float("nan")
         return hook
 

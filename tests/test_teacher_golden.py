@@ -13,7 +13,7 @@ from helpers import GOLDEN, random_model
 from omniforcing_core import ConfigError, ModelConfig, TextConditioning
 from omniforcing_core.checkpoint import CheckpointError, load_model, save_checkpoint
 from omniforcing_core.rope import latent_seconds
-from omniforcing_core.transformer import av_rope
+from omniforcing_core.attention import av_rope
 
 WEIGHTS = GOLDEN / "teacher_tiny.weights.safetensors"
 TEACHER = ModelConfig.tiny(

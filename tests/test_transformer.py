@@ -5,7 +5,7 @@ import torch
 
 from helpers import DATA, golden_model, golden_vectors, random_model, random_text
 from omniforcing_core import AVTransformer, BlockLayout, ModelConfig, TextConditioning, block_causal_masks
-from omniforcing_core.transformer import av_rope
+from omniforcing_core.attention import av_rope
 
 
 def test_19b_preset_has_exactly_the_checkpoint_keys():

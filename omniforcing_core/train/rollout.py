@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..attention import AttentionKind
 from ..layout import BlockLayout, BlockSpan
 from ..sampler import NoiseFn, renoise, x0_from_velocity
 from ..conditioning import TextConditioning
@@ -32,7 +33,7 @@ class HistoryAttention:
     """
 
     def __init__(self) -> None:
-        self.history: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.history: dict[tuple[AttentionKind, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self._writing = False
 
     @contextlib.contextmanager
@@ -43,7 +44,7 @@ class HistoryAttention:
         finally:
             self._writing = False
 
-    def attend(self, kind: str, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, kind: AttentionKind, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         past = self.history.get((kind, layer))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
