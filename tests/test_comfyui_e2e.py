@@ -512,6 +512,30 @@ def test_long_stream_template_with_window_and_prompt_switch(comfy, record_proper
     assert same == [True, True, True, False, False, False]
 
 
+def _peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/<pid>/status")
+
+
+def test_the_60s_template_at_its_size_keeps_each_frame_once(comfy, record_property):
+    """The whole 60 s template at 576x384 (tiny weights): the server's peak memory during the
+    run stays within 1.2x of what the outputs hold (IMAGE + AUDIO) plus what it held before."""
+    prompt, ids = cpu_prompt(comfy, "omniforcing_long_stream_60s", seconds=60, seed=3)
+    prompt[ids["OmniForcingStreamingSampler"]]["inputs"].update(width=576, height=384)
+    Path(f"/proc/{comfy.process.pid}/clear_refs").write_text("5")  # resets the peak to now
+    before = _peak_rss(comfy.process.pid)
+    run = comfy.run(prompt, timeout=1800)
+    assert run.outcome == "execution_success", run.data("execution_error")
+    peak = _peak_rss(comfy.process.pid)
+    outputs = 1441 * 384 * 576 * 3 * 4 + 2 * 1440240 * 4
+    record_property("memory_60s", {"peak_gib": round(peak / 2**30, 2), "before_gib": round(before / 2**30, 2),
+                                   "outputs_gib": round(outputs / 2**30, 2),
+                                   "ratio": round((peak - before) / outputs, 3)})
+    assert peak - before <= 1.2 * outputs, (peak, before, outputs)
+
+
 def test_the_demo_template_runs_as_shipped_with_no_demo_file_in_the_model_folders(comfy, record_property):
     """The demo template unchanged but for its length: the built-in demo model from the pack's own
     files, prompted by OmniForcing Demo Prompt, into CreateVideo + SaveVideo."""
