@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from helpers import GOLDEN, golden_vectors, random_model, random_text
 from omniforcing_core import AVTransformer, BlockLayout, ModelConfig, TextConditioning
-from omniforcing_core.checkpoint import CheckpointError, FP8Linear, load_model, open_checkpoint, save_checkpoint
+from omniforcing_core.demo import tiny_decoders
+from omniforcing_core.checkpoint import (
+    CheckpointError, FP8Linear, load_model, open_checkpoint, quantize_fp8, save_checkpoint,
+)
 from omniforcing_core.checkpoint.detect import detect_config
 from omniforcing_core.checkpoint import expected_tensors
 from checkpoint_support import no_data_reads, outputs, relative_error, rounded_like_file, tiny  # noqa: F401
@@ -56,7 +59,16 @@ def test_round_trip(tmp_path, models, references, layout, prefix, sinks, file_dt
     model = models[sinks]
     source = write(model, tmp_path, layout, prefix, file_dtype)
     compute = torch.bfloat16 if file_dtype == "bf16" else torch.float32
-    loaded = load_model(source, device="cpu", dtype=compute)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_model(source, device="cpu", dtype=compute)
+    # The LTX-2 base file's layout as the generator: the teacher would run as the student.
+    said = [str(w.message) for w in caught]
+    if prefix == "model.diffusion_model.":
+        assert len(said) == 1 and "is an LTX-2 base file" in said[0] and "teacher runs as" in said[0]
+        assert loaded.report.warnings == said and f"WARNING: {said[0]}" in loaded.report.summary()
+    else:
+        assert said == [] and loaded.report.warnings == []
 
     assert loaded.config == model.config
     assert loaded.sink_tokens == sinks
@@ -128,12 +140,15 @@ TEACHER_SECTION = {  # LTX-2 teacher conventions, as in the base file's metadata
     "audio_attention_head_dim": 8, "caption_channels": 32, "rope_type": "split",
     "frequencies_precision": "float64", "av_ca_timestep_scale_multiplier": 1000,
 }
+DECODERS = tiny_decoders(seed=0)  # a base file carries the decoders, checked with the transformer
 BASE_EXTRAS = {
-    "vae.": {"decoder.conv_in.weight": torch.randn(4, 3), "per_channel_statistics.mean-of-means": torch.randn(4)},
-    "audio_vae.": {"decoder.conv_in.weight": torch.randn(2, 2)},
-    "vocoder.": {"conv_pre.weight": torch.randn(3), "ups.0.weight": torch.randn(3)},
+    "vae.": dict(DECODERS[0].state_dict()),
+    "audio_vae.": dict(DECODERS[1].state_dict()),
+    "vocoder.": dict(DECODERS[2].state_dict()),
     "text_embedding_projection.": {"aggregate_embed.weight": torch.randn(5, 6)},
 }
+DECODER_SECTIONS = {"vae": DECODERS[0].config.to_metadata(), "audio_vae": DECODERS[1].config.to_metadata(),
+                    "vocoder": DECODERS[2].config.to_metadata()}
 CONNECTORS = {
     "video_embeddings_connector.learnable_registers": torch.randn(4, 32),
     "audio_embeddings_connector.learnable_registers": torch.randn(4, 32),
@@ -144,7 +159,7 @@ ONLY_IN_BASE = ["transformer_blocks.1.ff.net.2.weight", "proj_out.bias", "audio_
 def write_base(model, path: Path, dtype=None, section=TEACHER_SECTION) -> Path:
     state = dict(model.state_dict()) | CONNECTORS
     return save_checkpoint(path, state, prefix="model.diffusion_model.", extra=BASE_EXTRAS, dtype=dtype,
-                           extra_config={"transformer": section, "vae": {"latent_channels": 128}})[0]
+                           extra_config={"transformer": section} | DECODER_SECTIONS)[0]
 
 
 def test_generator_overlays_the_base(tmp_path):
@@ -154,7 +169,12 @@ def test_generator_overlays_the_base(tmp_path):
     generator = save_checkpoint(tmp_path / "gen.safetensors", partial, config=generator_model.config,
                                 max_shard_bytes=SHARD_BYTES)[-1]
 
-    loaded = load_model(generator, base, dtype="fp32")
+    with pytest.warns(UserWarning) as caught:
+        loaded = load_model(generator, base, dtype="fp32")
+    # What came from where, by name: the tensors filled from the base file.
+    (said,) = [str(w.message) for w in caught]
+    assert f"3 transformer tensor(s) are not in the generator {generator}" in said and str(base) in said
+    assert all(name in said for name in ONLY_IN_BASE)
 
     state = loaded.model.state_dict()
     for name, tensor in generator_model.state_dict().items():
@@ -166,7 +186,8 @@ def test_generator_overlays_the_base(tmp_path):
     assert len(report.superseded) == len(state) - len(ONLY_IN_BASE)
     assert report.base.prefix == "model.diffusion_model."
     assert report.ignored_groups["base"] == {
-        "video VAE": 2, "audio VAE": 1, "vocoder": 2, "text-encoder projection": 1,
+        "video VAE": len(BASE_EXTRAS["vae."]), "audio VAE": len(BASE_EXTRAS["audio_vae."]),
+        "vocoder": len(BASE_EXTRAS["vocoder."]), "text-encoder projection": 1,
         "text connector (video)": 1, "text connector (audio)": 1,
     }
     assert report.unexpected == {"generator": [], "base": []}
@@ -224,19 +245,81 @@ def test_many_missing_tensors_are_summarized(tmp_path):
 
 
 def test_unexpected_tensors_are_reported_and_strict_refuses_them(tmp_path, models):
-    state = dict(models[0].state_dict()) | {"transformer_blocks.0.attn1.to_gate_logits.weight": torch.ones(4, 64)}
+    # Training leftovers the computation never reads (unlike to_gate_logits: refused below).
+    state = dict(models[0].state_dict()) | {"transformer_blocks.0.attn1.grad_norm_ema": torch.ones(1)}
     path = save_checkpoint(tmp_path / "gen.safetensors", state, config=models[0].config,
                            extra={"": {"critic.head.weight": torch.ones(2)}})[0]
-    with pytest.warns(UserWarning, match="to_gate_logits"):
+    with pytest.warns(UserWarning, match="grad_norm_ema"):
         loaded = load_model(path, dtype="fp32")
     assert loaded.report.unexpected["generator"] == [
-        "critic.head.weight", "model.transformer_blocks.0.attn1.to_gate_logits.weight"
+        "critic.head.weight", "model.transformer_blocks.0.attn1.grad_norm_ema"
     ]
     assert "UNEXPECTED in the generator file (2)" in loaded.report.summary()
     with pytest.raises(CheckpointError, match="strict"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             load_model(path, strict=True)
+
+
+@pytest.mark.parametrize("tensor, needle", [
+    ("transformer_blocks.{}.attn1.to_gate_logits.weight", "gated attention"),
+    ("prompt_adaln_single.linear.weight", "prompt-side AdaLN"),
+    ("keyframes_abs_pos_embedding", "keyframe position embedding"),
+])
+def test_tensors_for_computation_the_model_lacks_are_refused(tmp_path, models, no_data_reads, tensor, needle):
+    extra = {name.format(block): torch.ones(4, 64) for name in [tensor] for block in (0, 1)}
+    state = dict(models[0].state_dict()) | extra
+    path = save_checkpoint(tmp_path / "ltx-2.3.safetensors", state, config=models[0].config)[0]
+    with pytest.raises(CheckpointError) as error:
+        load_model(path)
+    message = str(error.value)
+    assert str(path) in message and needle in message and "does not implement" in message
+    assert tensor.format("{0-1}" if "{}" in tensor else "") in message
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("apply_gated_attention", True, "gated attention"),
+    ("cross_attention_adaln", True, "AdaLN-modulated text cross-attention"),
+    ("use_prompt_adaln_single", True, "prompt-side AdaLN"),
+    ("ff_bias", False, "without biases"),
+    ("activation_fn", "gelu", "feed-forward activation"),
+    ("use_middle_indices_grid", "false", "midpoint"),
+])
+def test_metadata_asking_for_computation_the_model_lacks_is_refused(tmp_path, models, no_data_reads, key, value,
+                                                                    needle):
+    section = models[0].config.to_metadata() | {key: value}
+    state = dict(models[0].state_dict())
+    path = save_checkpoint(tmp_path / "g.safetensors", state, extra_config={"transformer": section})[0]
+    with pytest.raises(CheckpointError) as error:
+        load_model(path)
+    message = str(error.value)
+    assert str(path) in message and f"{key}={value!r}" in message and needle in message
+    # The base file's metadata is checked too, before anything is read.
+    base = save_checkpoint(tmp_path / "base.safetensors", state, prefix="model.diffusion_model.",
+                           extra_config={"transformer": section})[0]
+    generator = save_checkpoint(tmp_path / "gen.safetensors", models[0])[0]
+    with pytest.raises(CheckpointError, match=f"base {base}: the metadata asks for computation"):
+        load_model(generator, base)
+
+
+def test_the_real_19b_computation_keys_are_the_implemented_ones():
+    # The teacher golden carries every key ltx-core's configurator reads, at the 19B checkpoint's values.
+    loaded = load_model(GOLDEN / "teacher_tiny.weights.safetensors", dtype="fp32", conventions="checkpoint")
+    assert loaded.config.num_layers == 2
+
+
+def test_the_base_files_decoders_are_checked_before_any_tensor_is_read(tmp_path, no_data_reads):
+    model = random_model(tiny(), seed=17)
+    extras = {group: dict(tensors) for group, tensors in BASE_EXTRAS.items()}
+    name = next(iter(extras["vocoder."]))
+    extras["vocoder."][name] = torch.zeros(3)  # misshapen: another vocoder than the metadata's
+    base = save_checkpoint(tmp_path / "base.safetensors", model, prefix="model.diffusion_model.", extra=extras,
+                           extra_config={"transformer": TEACHER_SECTION} | DECODER_SECTIONS)[0]
+    generator = save_checkpoint(tmp_path / "gen.safetensors", model)[0]
+    with pytest.raises(CheckpointError) as error:
+        load_model(generator, base)
+    message = str(error.value)
+    assert str(base) in message and f"'vocoder.{name}' [3]" in message
 
 
 def test_base_of_another_size_is_refused(tmp_path, no_data_reads):
@@ -389,6 +472,20 @@ def test_19b_architecture_is_detected_from_real_shapes(section):
     assert len(notes) == (3 if section else 0)
 
 
+def test_fp8_file_with_some_scales_missing_is_refused_naming_the_layers(tmp_path, models, no_data_reads):
+    path = save_checkpoint(tmp_path / "fp8.safetensors", models[0], dtype="fp8")[0]
+    missing = ["model.transformer_blocks.0.attn1.to_q.weight_scale", "model.transformer_blocks.1.attn1.to_q.weight_scale"]
+    with open_checkpoint(path) as checkpoint:
+        metadata = checkpoint.metadata
+    tensors = {key: value for key, value in load_file(path).items() if key not in missing}
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(CheckpointError) as error:
+        load_model(path)
+    message = str(error.value)
+    assert str(path) in message and "2 fp8 tensor(s) have no weight_scale" in message
+    assert "transformer_blocks.{0-1}.attn1.to_q.weight" in message and "re-export" in message
+
+
 def test_fp8_weight_without_a_scale_counts_as_scale_one(tmp_path, models):
     state = dict(models[0].state_dict())
     name = "transformer_blocks.0.ff.net.0.proj.weight"
@@ -405,12 +502,27 @@ def test_fp8_weight_without_a_scale_counts_as_scale_one(tmp_path, models):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_fp8_weights_from_a_full_precision_file(tmp_path):
+def test_fp8_weights_from_a_full_precision_file(tmp_path, monkeypatch):
+    from omniforcing_core.checkpoint import materialize
 
     model = random_model()
     path = tmp_path / "g.safetensors"
     save_checkpoint(path, model, config=model.config)
+    # Quantised while materialising: the model never holds more than its final fp8 self.
+    held = []
+    assign = materialize.assign_tensor
+
+    def assign_and_measure(module, name, tensor):
+        assign(module, name, tensor)
+        held.append(sum(t.nbytes for t in module.state_dict().values() if not t.is_meta))
+
+    monkeypatch.setattr(materialize, "assign_tensor", assign_and_measure)
     loaded = load_model(path, dtype="fp32", fp8_weights=True)
+    assert max(held) == held[-1] == sum(t.nbytes for t in loaded.model.state_dict().values())
+    for name, module in loaded.model.named_modules():
+        if isinstance(module, FP8Linear):
+            weight, scale = quantize_fp8(model.get_submodule(name).weight)
+            assert torch.equal(module.weight.float(), weight.float()) and torch.equal(module.weight_scale, scale)
     linears = [m for m in loaded.model.modules() if isinstance(m, FP8Linear)]
     assert len(linears) == len(loaded.report.fp8_layers) == 2 * (6 * 4 + 4)
     assert all(m.weight.dtype == torch.float8_e4m3fn for m in linears)

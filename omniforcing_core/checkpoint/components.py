@@ -157,6 +157,14 @@ def load_prompt_encoder(
     return encoder
 
 
+def check_decoders(checkpoint: Checkpoint) -> None:
+    """Check the decoders of a base file against its headers, reading nothing, so that a
+    broken decoder is refused before the transformer is loaded. A file holding none (a
+    transformer-only file) passes: ``load_decoders`` refuses it when asked for them."""
+    if any(checkpoint.group(component.prefix) for component in _DECODERS):
+        _check(checkpoint, _DECODERS, (None,) * len(_DECODERS), "decoders", torch.float32)
+
+
 def _load(
     base_path_or_checkpoint: str | os.PathLike | Checkpoint,
     components: tuple[_Component, ...],
@@ -171,20 +179,32 @@ def _load(
         checkpoint = base_path_or_checkpoint
         if not isinstance(checkpoint, Checkpoint):
             checkpoint = stack.enter_context(open_checkpoint(checkpoint))
-        _check_components_present(checkpoint, components, what)
-        plans: list[ModuleWeights] = []
-        for component, explicit in zip(components, explicit_configs):
-            config, config_source = _resolve_config(checkpoint, component, explicit)
-            with torch.device("meta"):
-                module = component.module_type(config)
-            try:
-                plans.append(check_module_weights(module, checkpoint, component.prefix, dtype=dtype,
-                                                  ignore=component.ignore))
-            except CheckpointError as error:
-                raise CheckpointError(f"{error}. The {component.label} config came from {config_source}") from None
+        plans = _check(checkpoint, components, explicit_configs, what, dtype)
         for plan in plans:
             plan.load(device)
     return [plan.module.eval() for plan in plans]
+
+
+def _check(
+    checkpoint: Checkpoint,
+    components: tuple[_Component, ...],
+    explicit_configs: tuple[Any, ...],
+    what: str,
+    dtype: torch.dtype,
+) -> list[ModuleWeights]:
+    """Every component built on meta and matched to the headers; nothing is read."""
+    _check_components_present(checkpoint, components, what)
+    plans: list[ModuleWeights] = []
+    for component, explicit in zip(components, explicit_configs):
+        config, config_source = _resolve_config(checkpoint, component, explicit)
+        with torch.device("meta"):
+            module = component.module_type(config)
+        try:
+            plans.append(check_module_weights(module, checkpoint, component.prefix, dtype=dtype,
+                                              ignore=component.ignore))
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}. The {component.label} config came from {config_source}") from None
+    return plans
 
 
 def _check_components_present(checkpoint: Checkpoint, components: tuple[_Component, ...], what: str) -> None:

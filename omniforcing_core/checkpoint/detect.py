@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import STUDENT_CONVENTIONS, ConfigError, ModelConfig
 from ..layout import BlockLayout, LayoutError
-from .keys import SINK_KEY
+from .keys import SINK_KEY, summarize_names
 from .reader import CheckpointError
 
 # LTX-2's head sizes, used when no metadata says how a width splits into heads.
@@ -48,6 +48,78 @@ _METADATA_CHECKS = (
 )
 
 ShapeOf = Callable[[str], tuple[tuple[int, ...], str]]  # bare key -> (shape, file it is read from)
+
+# Keys of the LTX transformer config that change what the transformer computes, with the
+# value this model implements (the LTX-2 19B checkpoint's) and what another value asks for.
+# Any other value is refused: loading such weights into this model would stream garbage.
+COMPUTATION_KEYS: dict[str, tuple[Any, str]] = {
+    "apply_gated_attention": (False, "gated attention (per-head output gates, as in LTX-2.3)"),
+    "cross_attention_adaln": (False, "AdaLN-modulated text cross-attention (as in LTX-2.3)"),
+    "use_prompt_adaln_single": (False, "a prompt-side AdaLN on the text keys and values"),
+    "ff_bias": (True, "video feed-forward layers without biases (as in LTX-2.5)"),
+    "audio_ff_bias": (True, "audio feed-forward layers without biases (as in LTX-2.5)"),
+    "use_keyframes_abs_pos_embedding": (False, "a learned keyframe position embedding"),
+    "caption_proj_before_connector": (False, "the caption projection outside the transformer"),
+    "activation_fn": ("gelu-approximate", "another feed-forward activation"),
+    "attention_bias": (True, "attention projections without biases"),
+    "qk_norm": ("rms_norm", "another query/key normalisation"),
+    "standardization_norm": ("rms_norm", "another normalisation"),
+    "norm_elementwise_affine": (False, "learned affine normalisation weights"),
+    "cross_attention_norm": (True, "text cross-attention without its normalisation"),
+    "only_cross_attention": (False, "blocks without self-attention"),
+    "double_self_attention": (False, "a second self-attention in place of text cross-attention"),
+    "upcast_attention": (False, "attention upcast to fp32"),
+    "use_linear_projection": (False, "linear in/out projections around each block"),
+    "positional_embedding_type": ("rope", "another positional embedding"),
+    "use_middle_indices_grid": (True, "RoPE at the start of each latent's interval, not its midpoint"),
+    "use_audio_video_cross_attention": (True, "no audio<->video cross-attention"),
+    "av_cross_ada_norm": (True, "audio<->video cross-attention without its AdaLN"),
+    "share_ff": (False, "one feed-forward shared by both streams"),
+}
+# Tensor names that only exist for computation this model does not implement.
+COMPUTATION_TENSORS = (
+    (".to_gate_logits.", "gated attention (apply_gated_attention, as in LTX-2.3)"),
+    ("prompt_adaln_single.", "a prompt-side AdaLN (cross_attention_adaln with use_prompt_adaln_single)"),
+    ("keyframes_abs_pos_embedding", "a learned keyframe position embedding (use_keyframes_abs_pos_embedding)"),
+)
+_NOT_IMPLEMENTED = (
+    "OmniForcing implements the LTX-2 (19B) transformer only; use a checkpoint distilled from LTX-2"
+)
+
+
+def check_computation(section: Mapping[str, Any] | None, source: str) -> None:
+    """Refuse a metadata ``transformer`` section that asks for computation this model lacks."""
+    problems = [
+        f"{key}={section[key]!r} ({meaning}; this model implements {key}={implemented!r})"
+        for key, (implemented, meaning) in COMPUTATION_KEYS.items()
+        if section and key in section and not _same(section[key], implemented)
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{source}: the metadata asks for computation this model does not implement: "
+            + "; ".join(problems) + f". {_NOT_IMPLEMENTED}"
+        )
+
+
+def check_computation_tensors(names: list[str], source: str) -> None:
+    """Refuse tensors that belong to computation this model lacks (bare transformer names)."""
+    problems = []
+    for fragment, meaning in COMPUTATION_TENSORS:
+        hits = [name for name in names if fragment in name]
+        if hits:
+            problems.append(f"{meaning}: {summarize_names(hits, limit=4)}")
+    if problems:
+        raise CheckpointError(
+            f"{source}: holds tensors for computation this model does not implement: "
+            + "; ".join(problems) + f". {_NOT_IMPLEMENTED}"
+        )
+
+
+def _same(value: Any, implemented: Any) -> bool:
+    # JSON may spell a flag as a string ("false") or a number (0).
+    if isinstance(implemented, bool):
+        return str(value).lower() in (("true", "1") if implemented else ("false", "0"))
+    return value == implemented
 
 
 def check_override_keys(overrides: Mapping[str, Any]) -> None:

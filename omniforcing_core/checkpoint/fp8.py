@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+_SLICE = 1 << 20  # elements quantized at once: a 4 MiB fp32 temporary
 
 
 class FP8Linear(nn.Module):
@@ -52,15 +53,24 @@ class FP8Linear(nn.Module):
 
 def fp8_scale(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
     """The fp32 scalar that maps the weight's largest magnitude to fp8's largest value."""
-    amax = weight.detach().abs().max().float()
+    low, high = torch.aminmax(weight.detach())  # no |weight| temporary the size of the weight
+    amax = torch.maximum(-low, high).float()
     return torch.where(amax > 0, amax / torch.finfo(dtype).max, torch.ones_like(amax)).reshape(())
 
 
 def quantize_fp8(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-tensor scaled fp8: (fp8 weight, fp32 scalar scale) with weight ~= fp8 * scale."""
+    """Per-tensor scaled fp8: (fp8 weight, fp32 scalar scale) with weight ~= fp8 * scale.
+
+    Done one slice at a time, so the only temporaries are one slice in fp32: a weight
+    memory-mapped from a file is quantized without ever being copied whole.
+    """
     scale = fp8_scale(weight, dtype)
     largest = torch.finfo(dtype).max
-    quantized = (weight.detach().float() / scale).clamp(-largest, largest).to(dtype)
+    quantized = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+    source, target = weight.detach().reshape(-1), quantized.view(-1)
+    for start in range(0, source.numel(), _SLICE):
+        piece = torch.div(source[start:start + _SLICE].float(), scale)  # a new tensor: the input stays intact
+        target[start:start + _SLICE] = piece.clamp_(-largest, largest).to(dtype)
     return quantized, scale
 
 
@@ -82,26 +92,3 @@ def swap_in_fp8_linears(model: nn.Module, weight_dtypes: dict[str, torch.dtype],
             linear.in_features, linear.out_features, linear.bias is not None,
             weight_dtype=weight_dtypes[name], bias_dtype=compute_dtype, device="meta",
         ))
-
-
-def quantize_block_linears_(model: nn.Module, compute_dtype: torch.dtype) -> list[str]:
-    """Store every transformer-block linear weight in fp8 (per-tensor scale), in place.
-
-    For a bf16/fp32 file loaded with fp8 weights: one layer at a time, so memory only
-    ever shrinks. Returns the names of the converted layers.
-    """
-    converted = []
-    for name, module in list(model.named_modules()):
-        if not (name.startswith("transformer_blocks.") and isinstance(module, nn.Linear)):
-            continue
-        parent_name, _, child = name.rpartition(".")
-        fp8 = FP8Linear(module.in_features, module.out_features, module.bias is not None,
-                        bias_dtype=compute_dtype, device=module.weight.device)
-        weight, scale = quantize_fp8(module.weight)
-        fp8.weight.data = weight
-        fp8.weight_scale.copy_(scale)
-        if module.bias is not None:
-            fp8.bias.data = module.bias.detach().to(compute_dtype)
-        setattr(model.get_submodule(parent_name), child, fp8)
-        converted.append(name)
-    return converted

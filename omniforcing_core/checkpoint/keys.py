@@ -24,6 +24,8 @@ SINK_KEY = "audio_sink_tokens"
 # The generator's own safetensors metadata entry: JSON {"block_layout": "released" | "paper"}.
 LAYOUT_METADATA = "omniforcing"
 BLOCK_KEY = re.compile(r"^transformer_blocks\.(\d+)\.")
+# The LTX-2 base file's transformer prefix (the teacher; OmniForcing generators use ``model.``).
+BASE_PREFIX = "model.diffusion_model."
 
 # fp8 files keep a per-tensor scale beside each quantized weight; ComfyUI's older
 # "scaled fp8" files name them the other way round.

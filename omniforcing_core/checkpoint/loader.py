@@ -1,17 +1,21 @@
 """Loading the OmniForcing generator over the LTX-2 base file into an AVTransformer.
 
 Order of work: open every header; find each file's transformer prefix; overlay the
-generator on the base (a tensor in both comes from the generator); detect the
-architecture and block layout; check every needed tensor's presence, shape and dtype;
-check the device has room. Only then is the model built on the meta device and filled
-one tensor at a time, straight to the target device and dtype.
+generator on the base (a tensor in both comes from the generator); refuse metadata or
+tensors asking for computation the model lacks; detect the architecture and block
+layout; check every needed tensor's presence, shape and dtype, and the decoders' headers
+in the base file; check the device has room. Only then is the model built on the meta
+device and filled one tensor at a time, straight to the target device and dtype.
 
 fp8: a linear weight of a transformer block stored as float8 stays float8 on the
 device (``FP8Linear``, with its ``weight_scale``, computed in the activations' dtype);
 any other float8 tensor (upstream keeps the projections in and out, the AdaLN and
 caption layers in bf16 anyway) is dequantized to ``dtype`` on load, so the layers that
 set the model's working dtype never hold fp8. ``input_scale`` tensors are not needed: activations
-are never quantized here.
+are never quantized here. A file whose fp8 weights carry scales for some layers but not
+others is refused (the unscaled ones would load at scale 1). With ``fp8_weights`` a
+higher-precision block linear weight is quantized as it is read, so the host never holds
+more than the fp8 model and one tensor in the file's precision.
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ import torch
 from ..config import CONVENTIONS, ModelConfig
 from ..layout import BlockLayout
 from ..transformer import AVTransformer
-from .detect import LAYOUT_OVERRIDE, check_override_keys, detect_config, detect_layout
-from .fp8 import FP8_DTYPES, quantize_block_linears_, swap_in_fp8_linears
+from .components import check_decoders
+from .detect import (
+    LAYOUT_OVERRIDE, check_computation, check_computation_tensors, check_override_keys, detect_config, detect_layout,
+)
+from .fp8 import FP8_DTYPES, swap_in_fp8_linears
 from .keys import (
+    BASE_PREFIX,
     BLOCK_KEY,
     LAYOUT_METADATA,
     SINK_KEY,
@@ -48,6 +56,8 @@ from .reader import Checkpoint, CheckpointError, TensorInfo, open_checkpoint, re
 
 GENERATOR = "generator"
 BASE = "base"
+# What ``fp8_weights`` stores a higher-precision block linear weight as.
+QUANTIZED_DTYPE = torch.float8_e4m3fn
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ class LoadReport:
     layout_reason: str = ""
     bytes_loaded: int = 0
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # also raised as UserWarnings by load_model
 
     def count(self, role: str) -> int:
         return sum(1 for source in self.sources.values() if source == role)
@@ -93,6 +104,7 @@ class LoadReport:
             if keys:
                 lines.append(f"UNEXPECTED in the {role} file ({len(keys)}): {summarize_names(keys)}")
         lines.extend(self.notes)
+        lines.extend(f"WARNING: {warning}" for warning in self.warnings)
         return "\n".join(lines)
 
 
@@ -146,7 +158,7 @@ def load_model(
     ModelConfig field or ``block_layout`` ('released' / 'paper'); one that contradicts
     the weights is an error. Unexpected tensors are reported (and warned about); with
     ``strict`` they are an error. ``fp8_weights`` stores every block linear weight in
-    fp8 after loading (half the memory of bf16; computed in ``dtype``).
+    fp8, quantized as it is read (half the memory of bf16; computed in ``dtype``).
 
     ``conventions``: "student" (default) gives the streaming generator the conventions
     it was distilled with (interleaved fp32 RoPE, time midpoints in frames, cross-modal
@@ -154,7 +166,12 @@ def load_model(
     metadata (``rope_type``, ``frequencies_precision``, ``rope_midpoint``,
     ``av_ca_timestep_scale_multiplier``, ltx-core's defaults where absent): use it to load
     the LTX-2 teacher, e.g. ``load_model("ltx-2-19b-dev.safetensors", conventions="checkpoint")``,
-    and run it without masks. Overrides of those fields apply on top of either.
+    and run it without masks. Overrides of those fields apply on top of either. With
+    "student", an LTX-2 base file given as the generator is a warning (the teacher would
+    run as the student), and so is every transformer tensor filled from the base.
+
+    Every header is checked before the first tensor is read, the base file's decoders
+    included when it holds any (``load_decoders`` reads them later).
     """
     if conventions not in CONVENTIONS:
         raise CheckpointError(
@@ -167,7 +184,11 @@ def load_model(
     with ExitStack() as stack:
         generator = _open_source(GENERATOR, generator_path, stack)
         base = _open_source(BASE, base_path, stack) if base_path is not None else None
-        plan = _plan(generator, base, overrides, dtype, conventions)
+        plan = _plan(generator, base, overrides, dtype, conventions, fp8_weights)
+        if base is not None:
+            check_decoders(base.checkpoint)
+        for warning in plan.report.warnings:
+            warnings.warn(warning, stacklevel=2)
         unexpected = {role: keys for role, keys in plan.report.unexpected.items() if keys}
         if unexpected and strict:
             raise CheckpointError(
@@ -186,8 +207,6 @@ def load_model(
         for layer in plan.unscaled_fp8:
             assign_tensor(model, f"{layer}.weight_scale", torch.ones((), device=device))
         materialize(model, plan.reads, device)
-    if fp8_weights:
-        plan.report.fp8_layers.extend(quantize_block_linears_(model, dtype))
     model.eval()
     plan.report.bytes_loaded = plan.bytes_needed
     return LoadedModel(model, plan.config, plan.layout, plan.config.audio_sink_tokens, plan.report)
@@ -199,17 +218,21 @@ class _Plan:
     config: ModelConfig
     layout: BlockLayout
     reads: dict[str, TensorRead]
-    fp8_dtypes: dict[str, torch.dtype]  # linear layers kept in fp8 -> their storage dtype
-    unscaled_fp8: list[str]  # of those, the ones whose file has no weight_scale (scale 1)
+    fp8_dtypes: dict[str, torch.dtype]  # linear layers stored in fp8 -> their storage dtype
+    unscaled_fp8: list[str]  # of those, the ones whose file has no weight_scale at all (scale 1)
     bytes_needed: int
     report: LoadReport
 
 
 def _plan(
-    generator: _Source, base: _Source | None, overrides: dict[str, Any], dtype: torch.dtype, conventions: str
+    generator: _Source, base: _Source | None, overrides: dict[str, Any], dtype: torch.dtype, conventions: str,
+    fp8_weights: bool,
 ) -> _Plan:
     """Every check that the headers allow, and the list of tensors to read."""
     sources = [generator] + ([base] if base is not None else [])
+    for source in sources:
+        check_computation(source.checkpoint.config_section("transformer"), source.label)
+        check_computation_tensors(list(source.keys.transformer), source.label)
     owner: dict[str, _Source] = {}
     for source in sources:
         for name in source.keys.transformer:
@@ -263,6 +286,8 @@ def _plan(
     reads: dict[str, TensorRead] = {}
     fp8_dtypes: dict[str, torch.dtype] = {}
     unscaled_fp8: list[str] = []
+    fp8_scaled: dict[str, list[str]] = {source.role: [] for source in sources}  # role -> bare names
+    fp8_unscaled: dict[str, list[str]] = {source.role: [] for source in sources}
     bytes_needed = 0
     for name, shape in expected.items():
         source = owner[name]
@@ -280,7 +305,10 @@ def _plan(
         if scale_key is not None:
             _check_scale(source.checkpoint.info(scale_key))
         report.sources[name] = source.role
-        if info.dtype in FP8_DTYPES and name in linears and BLOCK_KEY.match(name):
+        if info.dtype in FP8_DTYPES:
+            (fp8_scaled if scale_key is not None else fp8_unscaled)[source.role].append(name)
+        block_linear = name in linears and BLOCK_KEY.match(name)
+        if info.dtype in FP8_DTYPES and block_linear:
             layer = name.removesuffix(".weight")
             report.fp8_layers.append(layer)
             fp8_dtypes[layer] = info.dtype
@@ -291,11 +319,21 @@ def _plan(
                 unscaled_fp8.append(layer)
                 report.notes.append(f"{info.file}: fp8 weight '{info.key}' has no weight_scale; using 1")
             bytes_needed += info.nbytes
+        elif fp8_weights and block_linear:
+            layer = name.removesuffix(".weight")
+            report.fp8_layers.append(layer)
+            fp8_dtypes[layer] = QUANTIZED_DTYPE
+            reads[name] = TensorRead(source.checkpoint, info.key, torch.float32, scale_key=scale_key,
+                                     quantize=QUANTIZED_DTYPE)
+            bytes_needed += info.numel * QUANTIZED_DTYPE.itemsize
         else:
             reads[name] = TensorRead(source.checkpoint, info.key, dtype, scale_key=scale_key)
             bytes_needed += info.numel * dtype.itemsize
+    for source in sources:
+        _check_scales_complete(source, fp8_scaled[source.role], fp8_unscaled[source.role])
     if base is not None:
         report.superseded = sorted(name for name in base.keys.transformer if name in generator.keys.transformer)
+    report.warnings.extend(_provenance_warnings(generator, base, report, conventions))
 
     used_layers = {name.removesuffix(".weight") for name in reads}
     for source in sources:
@@ -323,6 +361,39 @@ def _check_overlay_shapes(generator: _Source, base: _Source) -> None:
             f"models: {len(conflicts)} tensor(s) differ in shape, e.g. " + "; ".join(conflicts[:4])
             + ". Use the LTX-2 base file the generator was distilled from (ltx-2-19b-*.safetensors)"
         )
+
+
+def _check_scales_complete(source: _Source, scaled: list[str], unscaled: list[str]) -> None:
+    """Scales for some fp8 tensors but not others: an incomplete conversion, not scale 1."""
+    if scaled and unscaled:
+        raise CheckpointError(
+            f"{source.checkpoint.path}: {len(unscaled)} fp8 tensor(s) have no weight_scale although "
+            f"{len(scaled)} others in the file do: {summarize_names(unscaled)}. Loaded at scale 1 they would "
+            "stream garbage; re-export the file with a weight_scale beside every fp8 weight (or use its "
+            "bf16 release)"
+        )
+
+
+def _provenance_warnings(generator: _Source, base: _Source | None, report: LoadReport, conventions: str) -> list[str]:
+    """What a user must know about where the weights came from: the teacher loaded as the
+    student, and transformer tensors the generator lacks, filled from the base."""
+    found = []
+    same_file = base is not None and generator.checkpoint.path.resolve() == base.checkpoint.path.resolve()
+    if conventions == "student" and (generator.keys.prefix == BASE_PREFIX or same_file):
+        found.append(
+            f"the generator {generator.checkpoint.path} is an LTX-2 base file (its transformer is under "
+            f"'{generator.keys.prefix}'), not an OmniForcing generator: the bidirectional LTX-2 teacher runs as "
+            "the block-causal student and will not stream what OmniForcing makes. Pass the distilled "
+            "OmniForcing generator (keys 'model.*') as the generator and this file as the base; to run the "
+            "teacher on purpose, load it with conventions='checkpoint'"
+        )
+    from_base = [name for name, role in report.sources.items() if role == BASE]
+    if base is not None and from_base:
+        found.append(
+            f"{len(from_base)} transformer tensor(s) are not in the generator {generator.checkpoint.path} and "
+            f"come from the base {base.checkpoint.path} (the teacher's weights): {summarize_names(from_base)}"
+        )
+    return found
 
 
 def _check_scale(info: TensorInfo) -> None:

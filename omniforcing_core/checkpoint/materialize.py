@@ -8,13 +8,14 @@ the weights exist.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .fp8 import quantize_fp8
 from .keys import summarize_names
 from .reader import Checkpoint, CheckpointError
 
@@ -28,6 +29,7 @@ class TensorRead:
     dtype: torch.dtype | None  # None keeps the file's dtype (fp8 weights)
     scale_key: str | None = None  # multiply by this scalar on load (a dequantized fp8 tensor)
     shape: tuple[int, ...] | None = None  # reshape to this (a scalar stored as [1])
+    quantize: torch.dtype | None = None  # store a linear weight as scaled fp8 of this dtype
 
     def read(self, device: torch.device) -> torch.Tensor:
         if self.scale_key is None:
@@ -37,6 +39,22 @@ class TensorRead:
             tensor.mul_(self.checkpoint.read(self.scale_key, device=device, dtype=torch.float32).reshape(()))
             tensor = tensor.to(self.dtype)
         return tensor.reshape(self.shape) if self.shape is not None else tensor
+
+    def tensors(self, name: str, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+        """``name`` and its tensor; a quantized weight also gives its ``weight_scale``.
+
+        A quantized weight is read from the file's mapped bytes (no copy on the CPU; one
+        in the file's dtype on another device), so the host never holds it in full
+        precision; a weight with its own scale is dequantized first.
+        """
+        if self.quantize is None:
+            yield name, self.read(device)
+            return
+        source = self.read(device) if self.scale_key is not None else self.checkpoint.view(self.key).to(device)
+        weight, scale = quantize_fp8(source, self.quantize)
+        del source  # unmaps the file's bytes before the next tensor is read
+        yield name, weight
+        yield f"{name}_scale", scale
 
     def file_order(self) -> tuple[str, int]:
         info = self.checkpoint.info(self.key)
@@ -71,7 +89,8 @@ def materialize(module: nn.Module, reads: Mapping[str, TensorRead], device: torc
     """Read every planned tensor into ``module``, in file order (sequential disk access)."""
     device = torch.device(device)
     for name, plan in sorted(reads.items(), key=lambda item: item[1].file_order()):
-        assign_tensor(module, name, plan.read(device))
+        for key, tensor in plan.tensors(name, device):
+            assign_tensor(module, key, tensor)
     left = [name for name, tensor in _tensors(module) if tensor.is_meta]
     if left:
         raise CheckpointError(

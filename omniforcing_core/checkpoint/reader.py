@@ -371,6 +371,11 @@ class Checkpoint:
         info = self.info(key)
         return self._where[key].read(info, device, dtype)
 
+    def view(self, key: str) -> torch.Tensor:
+        """One tensor as a zero-copy CPU view of the file's bytes (copy-on-write: writes never
+        reach the file); it keeps its own mapping, unmapped when the view dies."""
+        return self._where[key].view(self.info(key))
+
     def close(self) -> None:
         for file in self.files:
             file.close()
