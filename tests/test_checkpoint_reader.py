@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -261,3 +262,40 @@ def test_listing_shows_files_and_indexes_not_shards(tmp_path):
     listed = list_checkpoints(tmp_path)
     assert listed == ["sharded/gen.safetensors.index.json", "single.safetensors"]
     assert list_checkpoints(tmp_path / "missing") == []
+
+
+def test_listing_survives_symlink_loops_and_lists_each_file_once(tmp_path):
+    from omniforcing_core.checkpoint import list_checkpoints
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "top.safetensors"))
+    (tmp_path / "ltx").mkdir()
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "ltx" / "gen.safetensors"))
+    (tmp_path / "ltx" / "back").symlink_to(tmp_path, target_is_directory=True)  # loop one
+    (tmp_path / "ltx" / "here").symlink_to(tmp_path / "ltx", target_is_directory=True)  # loop two
+    assert list_checkpoints(tmp_path) == ["ltx/gen.safetensors", "top.safetensors"]
+
+
+def test_index_whose_shards_are_links_into_a_blob_folder_loads(tmp_path):
+    """The Hugging Face cache layout: snapshots/<revision>/ holds links into blobs/."""
+    model = random_model(tiny())
+    export = tmp_path / "export"
+    files = save_checkpoint(export / "gen.safetensors", model, max_shard_bytes=60_000)
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "0123abcd"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for number, file in enumerate(files):
+        blob = blobs / f"{number:040x}"
+        file.rename(blob)
+        (snapshot / file.name).symlink_to(Path("../..") / "blobs" / blob.name)
+    loaded = load_model(snapshot, dtype="fp32")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.parametrize("name", ["../gen-00001.safetensors", "/tmp/gen-00001.safetensors",
+                                  "sub/../../gen-00001.safetensors", "C:\\models\\gen-00001.safetensors"])
+def test_index_naming_a_shard_outside_its_folder_is_refused(tmp_path, no_data_reads, name):
+    index = tmp_path / "gen.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a.weight": name}}))
+    with pytest.raises(CheckpointError) as error:
+        open_checkpoint(index)
+    assert str(index) in str(error.value) and f"shard '{name}' lies outside the index's folder" in str(error.value)

@@ -22,7 +22,7 @@ import os
 import struct
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import torch
@@ -437,13 +437,17 @@ def _open_index(index_path: Path) -> Checkpoint:
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise CheckpointError(f"{index_path}: the index has no valid 'weight_map' (tensor name -> shard file)")
-    folder = index_path.parent.resolve()
+    # Not resolved: in a Hugging Face cache the index and the shards are links into a blob folder.
+    folder = Path(os.path.abspath(index_path.parent))
     shard_names = list(dict.fromkeys(weight_map.values()))
     shards: dict[str, SafetensorsFile] = {}
     for name in shard_names:
-        shard_path = (folder / name).resolve()
-        if folder not in shard_path.parents:
-            raise CheckpointError(f"{index_path}: shard '{name}' lies outside the index's folder; refusing it")
+        if not _inside_folder(name):
+            raise CheckpointError(
+                f"{index_path}: shard '{name}' lies outside the index's folder (an absolute path or '..'); an "
+                "index names its shards by paths inside its own folder, so refusing it"
+            )
+        shard_path = folder / name  # links are followed, wherever they point
         if not shard_path.is_file():
             raise CheckpointError(
                 f"{index_path}: the index names shard '{name}', which does not exist in {folder} "
@@ -459,6 +463,12 @@ def _open_index(index_path: Path) -> Checkpoint:
     return Checkpoint(index_path, list(shards.values()))
 
 
+def _inside_folder(name: str) -> bool:
+    """A shard name that stays in the index's folder: relative, without '..', on any OS."""
+    paths = (PurePosixPath(name), PureWindowsPath(name))
+    return name != "" and not any(path.is_absolute() or path.anchor or ".." in path.parts for path in paths)
+
+
 def list_checkpoints(root: str | os.PathLike) -> list[str]:
     """Loadable checkpoints under ``root``, as paths relative to it: single safetensors
     files and shard indexes. Shards named by an index are listed once, as their index;
@@ -467,8 +477,18 @@ def list_checkpoints(root: str | os.PathLike) -> list[str]:
     if not root.is_dir():
         return []
     found: list[str] = []
-    for folder, _, files in os.walk(root, followlinks=True):
+    visited: set[tuple[int, int]] = set()  # (device, inode): a linked folder is walked once, a loop ends
+    for folder, subfolders, files in os.walk(root, followlinks=True):
         folder = Path(folder)
+        try:
+            status = folder.stat()
+        except OSError:
+            subfolders[:] = []
+            continue
+        if (status.st_dev, status.st_ino) in visited:
+            subfolders[:] = []
+            continue
+        visited.add((status.st_dev, status.st_ino))
         sharded: set[str] = set()
         for name in files:
             if name.endswith(INDEX_SUFFIX):
