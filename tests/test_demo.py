@@ -182,3 +182,9 @@ def test_the_demo_template_thumbnail_is_rendered_from_a_demo_stream(use_stand_in
         assert (image.format, image.size) == ("JPEG", (2 * DEMO_WIDTH, 2 * DEMO_HEIGHT))
     assert thumbnails.template_stream(json.loads((thumbnails.WORKFLOWS / "omniforcing_demo.json").read_text())) == {
         "prompt": DEMO_PROMPT, "width": DEMO_WIDTH, "height": DEMO_HEIGHT, "seconds": 5, "seed": 42}
+
+
+def test_on_the_cpu_the_video_decoder_runs_in_bf16_and_the_sound_in_fp32():
+    dtypes = lambda p: [next(m.parameters()).dtype for m in (p.video_vae, p.audio_vae, p.vocoder)]  # noqa: E731
+    assert dtypes(StreamPipeline.demo()) == [torch.bfloat16, torch.float32, torch.float32]
+    assert dtypes(StreamPipeline.demo(decoder_dtype=torch.float32)) == [torch.float32] * 3
