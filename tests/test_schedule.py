@@ -47,3 +47,21 @@ def test_bad_sigma_lists_are_refused(sigmas, fragment):
 def test_unreadable_list_says_how_to_write_it():
     with pytest.raises(ScheduleError, match="1000, 909, 725, 421, 0"):
         parse_sigma_list("fast please")
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("inf, 500, 0", "timesteps must be finite numbers, got inf in [inf, 500, 0]"),
+    ("1e9, 500, 0", "the first timestep must be in (0, 1000], got 1e9 in [1e9, 500, 0]"),
+    ("1500, 500, 0", "the first timestep must be in (0, 1000], got 1500"),
+    ("1000, 1500, 0", "timesteps must lie in [0, 1000], got 1500"),
+    ("1000, -5, 0", "timesteps must lie in [0, 1000], got -5"),
+    ("1000, 500", "must end at timestep 0 (a clean block), got last value 500 in [1000, 500]"),
+    ("1000, 500, 700, 0", "timesteps must strictly decrease, got 500 followed by 700"),
+    ("1000, 999, 0", "timesteps 1000 and 999 both snap to sigma 1.0000"),
+    ("1, -0.5, 0", "sigmas must lie in [0, 1], got -0.5 in [1, -0.5, 0]"),
+    ("1, 0.5", "must end at sigma 0 (a clean block), got last value 0.5 in [1, 0.5]"),
+])
+def test_typed_lists_are_range_checked_and_quoted_as_typed(text, fragment):
+    with pytest.raises(ScheduleError) as error:
+        parse_sigma_list(text)
+    assert fragment in str(error.value)
