@@ -24,19 +24,12 @@ class NodeStreamSettings:
         return cls(default_settings())
 
 
-def settings_error(**inputs) -> str | None:
-    """The message to show in the node for out-of-range settings, or None."""
-    try:
-        build_settings(**inputs)
-    except (StreamSettingsError, ScheduleError) as error:
-        return str(error)
-    return None
-
-
 def build_settings(audio_sink_tokens, window_seconds, retained_start_blocks, schedule, custom_sigmas,
                    context_noise, position_mode, decode_lookahead) -> NodeStreamSettings:
     if schedule not in SCHEDULES:
         raise StreamSettingsError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if schedule == CUSTOM and not custom_sigmas.strip():
+        raise StreamSettingsError("schedule custom needs a list in custom_sigmas, e.g. 1000, 909, 725, 421, 0")
     sigmas = parse_sigma_list(custom_sigmas) if schedule == CUSTOM else tuple(preset_sigmas(schedule))
     if window_seconds < 0:
         raise StreamSettingsError(f"window_seconds is >= 0 (0 keeps the whole stream), got {window_seconds}")
@@ -108,8 +101,18 @@ class OmniForcingStreamSettings:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, **inputs):
-        return settings_error(**inputs) or True
+    def VALIDATE_INPUTS(cls, custom_sigmas):
+        # ComfyUI reports a failure once per argument named here and range-checks the others
+        # itself (min, max, choices): naming only custom_sigmas puts its error under its name.
+        # The list is checked whatever the schedule (the default parses); with schedule =
+        # custom an empty list is refused when the node runs.
+        if not custom_sigmas.strip():
+            return True
+        try:
+            parse_sigma_list(custom_sigmas)
+        except ScheduleError as error:
+            return str(error)
+        return True
 
     def build(self, **inputs):
         return (build_settings(**inputs),)

@@ -2,6 +2,7 @@
 for its folders, progress bar, websocket and interrupt flag."""
 
 import importlib.util
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -87,12 +88,13 @@ def load_tiny(weight_dtype="auto"):
     return result["result"][0], result["ui"]
 
 
+SETTINGS_INPUTS = dict(audio_sink_tokens=-1, window_seconds=8, retained_start_blocks=1, schedule="quality-4step",
+                       custom_sigmas="1000, 909, 725, 421, 0", context_noise=0.0, position_mode="absolute",
+                       decode_lookahead=0)
+
+
 def settings(**changes):
-    inputs = dict(audio_sink_tokens=-1, window_seconds=8, retained_start_blocks=1, schedule="quality-4step",
-                  custom_sigmas="1000, 909, 725, 421, 0", context_noise=0.0, position_mode="absolute",
-                  decode_lookahead=0)
-    inputs.update(changes)
-    return node("OmniForcingStreamSettings").build(**inputs)[0]
+    return node("OmniForcingStreamSettings").build(**{**SETTINGS_INPUTS, **changes})[0]
 
 
 def run_sampler(model, seconds=2, decode="full", **kwargs):
@@ -303,30 +305,41 @@ def test_chained_prompt_switches_are_ordered_and_distinct():
 
 
 @pytest.mark.parametrize(
+    ("custom_sigmas", "message"),
+    [("1000, 500, 700, 0", "strictly decrease"), ("1.0, 0.5", "must end at sigma 0"), ("fast", "could not read")],
+)
+def test_a_bad_sigma_list_is_refused_at_queue_time_under_its_own_name(custom_sigmas, message):
+    validate = nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamSettings"].VALIDATE_INPUTS
+    # ComfyUI passes (and reports a failure under) exactly the arguments VALIDATE_INPUTS names.
+    assert inspect.getfullargspec(validate).args[1:] == ["custom_sigmas"]
+    assert inspect.getfullargspec(validate).varkw is None
+    verdict = validate(custom_sigmas=custom_sigmas)
+    assert isinstance(verdict, str) and re.search(message, verdict)
+    with pytest.raises(ValueError, match=message):
+        settings(schedule="custom", custom_sigmas=custom_sigmas)
+
+
+@pytest.mark.parametrize(
     ("changes", "message"),
     [
-        (dict(schedule="custom", custom_sigmas="1000, 500, 700, 0"), "strictly decrease"),
-        (dict(schedule="custom", custom_sigmas="1.0, 0.5"), "must end at sigma 0"),
-        (dict(schedule="custom", custom_sigmas="fast"), "could not read"),
+        (dict(schedule="custom", custom_sigmas=" "), "schedule custom needs a list in custom_sigmas"),
         (dict(context_noise=1.5), r"context_noise is a sigma in \[0, 1\)"),
         (dict(retained_start_blocks=0), "retained_start_blocks must be >= 1"),
         (dict(position_mode="sideways"), "position_mode must be one of"),
     ],
 )
-def test_bad_settings_are_refused_in_the_node(changes, message):
-    inputs = dict(audio_sink_tokens=-1, window_seconds=8, retained_start_blocks=1, schedule="quality-4step",
-                  custom_sigmas="1000, 909, 725, 421, 0", context_noise=0.0, position_mode="absolute",
-                  decode_lookahead=0)
-    inputs.update(changes)
-    verdict = nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamSettings"].VALIDATE_INPUTS(**inputs)
-    assert isinstance(verdict, str) and re.search(message, verdict)
+def test_settings_past_the_widget_ranges_are_refused_when_the_node_runs(changes, message):
+    # At queue time ComfyUI refuses these itself (min, max, choices); a prompt sent past it still fails here.
+    with pytest.raises(ValueError, match=message):
+        settings(**changes)
 
 
 def test_valid_settings_pass_validation():
-    assert nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamSettings"].VALIDATE_INPUTS(
-        audio_sink_tokens=-1, window_seconds=0, retained_start_blocks=2, schedule="realtime-3step",
-        custom_sigmas="", context_noise=0.05, position_mode="rebased", decode_lookahead=3,
-    ) is True
+    validate = nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamSettings"].VALIDATE_INPUTS
+    assert validate(custom_sigmas="") is True and validate(custom_sigmas="1000, 750, 500, 0") is True
+    built = settings(window_seconds=0, retained_start_blocks=2, schedule="realtime-3step", custom_sigmas="",
+                     context_noise=0.05, position_mode="rebased", decode_lookahead=3)
+    assert built.stream.window_blocks is None and built.decode_lookahead == 3
 
 
 def test_sink_count_beyond_the_weights_is_refused_before_streaming(bridge):
