@@ -35,6 +35,7 @@ from omniforcing_core import (
 from omniforcing_core.decoders.audio_vae import AudioVAEConfig, AudioVAEDecoder
 from omniforcing_core.decoders.video_vae import VideoVAE, VideoVAEConfig
 from omniforcing_core.decoders.vocoder import Vocoder, VocoderConfig
+from omniforcing_core.checkpoint.fp8 import FP8_DTYPES, set_fp8_gemm, swap_in_fp8_linears
 from omniforcing_core.demo import randomize_
 from omniforcing_core.kv_cache import POSITION_MODES
 from omniforcing_core.pipeline import stream_decoder_dtypes
@@ -58,12 +59,34 @@ def random_module(build, device: torch.device, dtype: torch.dtype, seed: int) ->
     return randomize_(module.to_empty(device=device).to(dtype), seed)
 
 
+def random_transformer(config: ModelConfig, device: torch.device, dtype: torch.dtype, seed: int,
+                       fp8: str = "off") -> AVTransformer:
+    """``fp8`` "weights": the block linears stored in fp8 as a loaded fp8 model holds them;
+    "gemm": also run as fp8 x fp8 GEMMs."""
+    if fp8 == "off":
+        return random_module(lambda: AVTransformer(config), device, dtype, seed)
+    with torch.device("meta"):
+        model = AVTransformer(config)
+    linears = {name: torch.float8_e4m3fn for name, module in model.named_modules()
+               if name.startswith("transformer_blocks.") and isinstance(module, torch.nn.Linear)}
+    swap_in_fp8_linears(model, linears, dtype)
+    model = model.to_empty(device=device)
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point() and tensor.dtype not in FP8_DTYPES and tensor.dtype != dtype:
+            tensor.data = tensor.data.to(dtype)
+    randomize_(model, seed)
+    for name in linears:
+        model.get_submodule(name).weight_scale.fill_(1.0)
+    set_fp8_gemm(model, fp8 == "gemm")
+    return model
+
+
 def random_pipeline(preset: str, layout: BlockLayout, device: torch.device, dtype: torch.dtype, seed: int,
-                    decoder_dtype: torch.dtype | None = None) -> StreamPipeline:
+                    decoder_dtype: torch.dtype | None = None, fp8: str = "off") -> StreamPipeline:
     """Random weights; the decoders in ``decoder_dtype`` or, by default, as a loaded model streams them."""
     make_config, decoder_preset, _, _ = PRESETS[preset]
     video_dtype, audio_dtype = (decoder_dtype, decoder_dtype) if decoder_dtype else stream_decoder_dtypes(device, dtype)
-    transformer = random_module(lambda: AVTransformer(make_config()), device, dtype, seed)
+    transformer = random_transformer(make_config(), device, dtype, seed, fp8)
     video = random_module(lambda: VideoVAE(getattr(VideoVAEConfig, decoder_preset)()), device, video_dtype, seed + 1)
     audio = random_module(lambda: AudioVAEDecoder(getattr(AudioVAEConfig, decoder_preset)()), device, audio_dtype, seed + 2)
     vocoder = random_module(lambda: Vocoder(getattr(VocoderConfig, decoder_preset)()), device, audio_dtype, seed + 3)
@@ -208,7 +231,7 @@ def run(args: argparse.Namespace) -> dict:
     layout = BlockLayout.named(args.layout)
     seconds = seconds_for_blocks(layout, args.blocks)
     decoder_dtype = getattr(torch, args.decoder_dtype) if args.decoder_dtype else None
-    pipeline = random_pipeline(args.preset, layout, device, dtype, args.seed, decoder_dtype)
+    pipeline = random_pipeline(args.preset, layout, device, dtype, args.seed, decoder_dtype, args.fp8)
     model = pipeline.transformer
     config = model.config
     sigmas = preset_sigmas(args.schedule)
@@ -264,6 +287,7 @@ def run(args: argparse.Namespace) -> dict:
         "preset": args.preset,
         "device": str(device),
         "dtype": args.dtype,
+        "fp8": args.fp8,
         "resolution": [height, width],
         "layout": layout.name,
         "blocks": args.blocks,
@@ -356,6 +380,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--decoder-dtype", choices=("float32", "bfloat16", "float16"),
                         help="all decoders in this dtype (default: as a loaded model streams them, see "
                              "omniforcing_core.pipeline.stream_decoder_dtypes)")
+    parser.add_argument("--fp8", choices=("off", "weights", "gemm"), default="off",
+                        help="block linears in fp8: stored and upcast per call, or as fp8 x fp8 GEMMs")
     parser.add_argument("--threads", type=int, help="CPU intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

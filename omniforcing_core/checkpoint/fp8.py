@@ -37,7 +37,13 @@ class FP8Linear(nn.Module):
         )
         self.register_buffer("weight_scale", torch.ones((), dtype=torch.float32, device=device))
 
+    # Off: the weight is upcast per call (exact to the weight's rounding). On: the input is
+    # quantized to fp8 too and one fp8 x fp8 GEMM runs (``set_fp8_gemm``), where the device has one.
+    fp8_gemm = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fp8_gemm and self.weight.dtype == torch.float8_e4m3fn:
+            return _scaled_linear(x, self.weight, self.weight_scale, self.bias)
         out = F.linear(x, self.weight.to(x.dtype)) * self.weight_scale.to(x.dtype)
         return out if self.bias is None else out + self.bias.to(x.dtype)
 
@@ -49,6 +55,25 @@ class FP8Linear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, weight_dtype={self.weight.dtype}"
         )
+
+
+def _scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T * weight_scale + bias`` as one fp8 GEMM: ``x`` quantized per tensor
+    to e4m3 with its own scale, both scales applied by the GEMM, the output in x's dtype."""
+    flat = x.reshape(-1, x.shape[-1])
+    x_fp8, x_scale = quantize_fp8(flat)
+    out = torch._scaled_mm(x_fp8, weight.t(), scale_a=x_scale, scale_b=weight_scale.float(),
+                           bias=None if bias is None else bias.to(x.dtype), out_dtype=x.dtype)
+    return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def set_fp8_gemm(model: nn.Module, on: bool) -> int:
+    """Turn the fp8 x fp8 GEMMs of every ``FP8Linear`` in ``model`` on or off; returns how many."""
+    layers = [module for module in model.modules() if isinstance(module, FP8Linear)]
+    for layer in layers:
+        layer.fp8_gemm = on
+    return len(layers)
 
 
 def fp8_scale(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:

@@ -1,0 +1,21 @@
+"""The GPU check's dry run on the CPU: the mid preset, every lever measured on and off, as on a GPU."""
+
+import json
+
+from benchmarks import gpu_check
+
+
+def test_the_gpu_check_dry_run_measures_every_lever(capsys):
+    assert gpu_check.main(["--preset", "mid", "--blocks", "2", "--height", "64", "--width", "96", "--device", "cpu",
+                           "--dtype", "float32"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    configs = {line["config"]: line for line in lines if "config" in line}
+    assert list(configs) == ["baseline", "realtime_3step", "fp8_weights", "fp8_gemm"]
+    assert configs["realtime_3step"]["passes_per_block"] == 4 and configs["baseline"]["passes_per_block"] == 5
+    assert [configs[name]["fp8"] for name in configs] == ["off", "off", "weights", "gemm"]
+    assert all(len(c["block_s"]["denoise"]) == 2 and "roofline" in c for c in configs.values())
+    levers = {line["lever"]: line for line in lines if "lever" in line}
+    assert set(levers) == {*gpu_check.LEVERS, *gpu_check.NOT_YET}
+    assert all(isinstance(levers[name]["fps_ratio"], float) for name in gpu_check.LEVERS)
+    assert all(levers[name]["available"] is False for name in gpu_check.NOT_YET)
+    assert lines[-1]["check"] == "done"
