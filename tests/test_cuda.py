@@ -1,0 +1,33 @@
+"""CUDA-only checks (``pytest -m cuda``; benchmarks/gpu_check runs them on a lent GPU)."""
+
+import pytest
+import torch
+
+from benchmarks.stream import random_pipeline
+from helpers import random_text
+from omniforcing_core import BlockLayout
+from omniforcing_core.stream_run import DecodeOptions, StreamRequest, StreamRun
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def _stream(fp8="off", overlap=False, seconds=3):
+    pipeline = random_pipeline("tiny", BlockLayout.released(), torch.device("cuda"), torch.bfloat16, 0, fp8=fp8)
+    text = random_text(pipeline.transformer.config).to("cuda")
+    text = type(text)(text.video.bfloat16(), text.audio.bfloat16())
+    run = StreamRun(pipeline, StreamRequest(text, seconds, 64, 96, 1, decode=DecodeOptions(overlap=overlap)))
+    run.run()
+    return run
+
+
+def test_the_overlapped_decode_on_its_side_stream_equals_the_inline_one():
+    inline, overlapped = _stream(overlap=False), _stream(overlap=True)
+    assert torch.equal(inline.outputs.images(), overlapped.outputs.images())
+
+
+def test_fp8_gemms_run_on_this_gpu_and_stay_close_to_the_upcast_weights():
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("no fp8 GEMM on this GPU")
+    upcast, gemm = _stream("weights"), _stream("gemm")
+    a, b = upcast.outputs.latents()[0].float(), gemm.outputs.latents()[0].float()
+    assert torch.isfinite(b).all() and (a - b).norm() / a.norm() < 0.2
