@@ -49,6 +49,15 @@ class TextConditioning:
             raise ConditioningError(
                 f"text mask must be [batch, tokens] = {tuple(self.video.shape[:2])}, got {tuple(self.mask.shape)}"
             )
+        for name, tensor in (("video", self.video), ("audio", self.audio)):
+            # One NaN in the context spreads through every block's cross-attention: refuse it here.
+            finite = torch.isfinite(tensor)
+            if not bool(finite.all()):
+                raise ConditioningError(
+                    f"the {name} text context holds {int((~finite).sum())} NaN/Inf value(s) of {tensor.numel()}: the "
+                    "text encoder's output is broken (an fp16 overflow in the encoder, or a damaged prompt context "
+                    "file); encode the prompt again, in bf16 or fp32"
+                )
 
     def to(self, device: torch.device | str) -> "TextConditioning":
         mask = None if self.mask is None else self.mask.to(device)

@@ -18,6 +18,7 @@ from typing import Callable, Generator, Iterable, Iterator, Sequence
 import torch
 
 from .conditioning import TextConditioning
+from .checkpoint.keys import summarize_names
 from .decoders.av_stream import AVStreamDecoder, DecodedBlock
 from .kv_cache import CacheError, StreamKVCache, WindowPolicy
 from .layout import BlockLayout, BlockSpan, LayoutError, check_seconds, latent_grid
@@ -32,6 +33,10 @@ NoiseFn = Callable[[BlockSpan, int], tuple[torch.Tensor, torch.Tensor]]
 
 class StreamSettingsError(ValueError):
     """A stream setting out of its allowed range."""
+
+
+class NonFiniteBlockError(RuntimeError):
+    """A block came out NaN/Inf; the message names the likely cause."""
 
 
 @dataclass(frozen=True)
@@ -208,8 +213,7 @@ class StreamingSampler:
     def _generate(self, text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size, stopped) -> Iterator[StreamBlock]:
         param = next(self.model.parameters())
         device, dtype = param.device, param.dtype
-        generator = torch.Generator(device=device).manual_seed(seed)
-        draw = noise or self._seeded_noise(generator, batch_size, grid_hw, device, dtype)
+        draw = noise or self._seeded_noise(seed, batch_size, grid_hw, device, dtype)
         cache = StreamKVCache(self.model.config, self.layout, grid_hw, policy, self.sink_tokens, batch_size, device, dtype)
         self.cache = cache
         try:
@@ -235,15 +239,19 @@ class StreamingSampler:
             if self.cache is cache:
                 self.cache = None
 
-    def _seeded_noise(self, generator, batch_size, grid_hw, device, dtype) -> NoiseFn:
+    def _seeded_noise(self, seed, batch_size, grid_hw, device, dtype) -> NoiseFn:
+        """Noise drawn in fp32 on the CPU, then cast and moved: torch draws another sequence
+        for each dtype and device, so this is what makes a seed one stream everywhere
+        (bf16, fp16, fp32; CPU or GPU), within the dtype's rounding."""
         c = self.model.config
+        generator = torch.Generator(device="cpu").manual_seed(seed)
 
         def draw(span: BlockSpan, step: int) -> tuple[torch.Tensor, torch.Tensor]:
             video_shape = (batch_size, c.video_in_channels, span.video_frames, *grid_hw)
             audio_shape = (batch_size, span.audio_frames, c.audio_in_channels)
-            video = torch.randn(video_shape, generator=generator, device=device, dtype=dtype)
-            audio = torch.randn(audio_shape, generator=generator, device=device, dtype=dtype)
-            return video, audio
+            video = torch.randn(video_shape, generator=generator, dtype=torch.float32)
+            audio = torch.randn(audio_shape, generator=generator, dtype=torch.float32)
+            return video.to(device=device, dtype=dtype), audio.to(device=device, dtype=dtype)
 
         return draw
 
@@ -263,6 +271,9 @@ class StreamingSampler:
             if next_sigma > 0:
                 video_noise, audio_noise = draw(span, step + 1)
                 video, audio = renoise(video_x0, video_noise, next_sigma), renoise(audio_x0, audio_noise, next_sigma)
+        # Checked once per block (one device sync), before it reaches the cache or a decoder.
+        if not bool(torch.isfinite(video_x0).all() & torch.isfinite(audio_x0).all()):
+            raise NonFiniteBlockError(_non_finite_cause(self.model, span.index))
         if not write_context:
             return StreamBlock(span, video_x0, audio_x0)
         context_sigma = float(self.settings.context_noise)
@@ -276,6 +287,21 @@ class StreamingSampler:
             return None
         self.model.forward_block(context_video, context_audio, context_sigma, block, cache.text)
         return StreamBlock(span, video_x0, audio_x0)
+
+
+def _non_finite_cause(model: AVTransformer, block: int) -> str:
+    """Why a block came out NaN/Inf (the text contexts were checked before the stream began)."""
+    said = f"block {block} came out NaN/Inf"
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor.float()).all())]
+    if bad:
+        return (f"{said}: the model's weights hold NaN/Inf values ({summarize_names(bad, limit=6)}); the checkpoint "
+                "is damaged: download or export it again")
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float16:
+        return f"{said} with finite weights: the activations overflowed fp16's range; load the model in bf16 or fp32"
+    return (f"{said} with finite weights and text contexts: the transformer diverged in {str(dtype).removeprefix('torch.')}; "
+            "try fp32, another schedule or less context noise, or check that the checkpoint is an OmniForcing generator")
 
 
 def _check_schedule(text: TextConditioning, schedule: Sequence[PromptSwitch], num_blocks: int | None,
