@@ -10,6 +10,8 @@ from omniforcing_core.world.grammar import NOUNS, VERBS, words
 from omniforcing_core.world.prompts import WorldPromptEncoder
 from omniforcing_core.world.scene import COLOURS
 
+from .errors import plain_errors
+
 # Set in the CONDITIONING's options, so a wrong pairing (demo prompt, real model) is named as such.
 DEMO_PROMPT_KEY = "omniforcing_demo_prompt"
 
@@ -45,6 +47,8 @@ class OmniForcingDemoPrompt:
     FUNCTION = "encode"
     RETURN_TYPES = ("CONDITIONING",)
     RETURN_NAMES = ("conditioning",)
+    OUTPUT_TOOLTIPS = ("The demo's text contexts in ComfyUI's LTX-2 layout, for the Streaming Sampler (demo model "
+                       "only).",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -63,6 +67,7 @@ class OmniForcingDemoPrompt:
             return str(error)
         return True
 
+    @plain_errors
     def encode(self, text: str):
         with torch.no_grad():
             context = demo_prompt_encoder()(text)

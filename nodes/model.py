@@ -11,6 +11,7 @@ from omniforcing_core.checkpoint import resolve_dtype
 from omniforcing_core.pipeline import StreamPipeline
 
 from .comfy_bridge import BASE_FOLDERS, GENERATOR_FOLDERS, bridge
+from .errors import plain_errors
 
 WEIGHT_DTYPES = ("auto", "bf16", "fp16", "fp32", "fp8")
 # Choices that name no file: the pack's own demo model, which needs no download.
@@ -48,6 +49,7 @@ class OmniForcingModelLoader:
     HAS_INTERMEDIATE_OUTPUT = True
     RETURN_TYPES = ("OMNIFORCING_MODEL",)
     RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The loaded generator and its decoders, for the Streaming Sampler.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -73,6 +75,7 @@ class OmniForcingModelLoader:
             }
         }
 
+    @plain_errors
     def load(self, generator: str, base: str, weight_dtype: str):
         b = bridge()
         compute_device = b.load_device()

@@ -6,6 +6,7 @@ from omniforcing_core.conditioning import save_text_conditioning
 from omniforcing_core.media import free_path
 
 from .comfy_bridge import bridge
+from .errors import plain_errors
 from .sampler import conditioning_to_text
 
 
@@ -23,11 +24,19 @@ class OmniForcingSavePromptContext:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "conditioning": ("CONDITIONING",),
-                "filename_prefix": ("STRING", {"default": "omniforcing/prompt"}),
+                "conditioning": ("CONDITIONING", {
+                    "tooltip": "The prompt from the LTX-2 text encoder (CLIPTextEncode): its video and audio "
+                               "text contexts are saved.",
+                }),
+                "filename_prefix": ("STRING", {
+                    "default": "omniforcing/prompt",
+                    "tooltip": "Path of the file inside ComfyUI's output folder, without .safetensors; an "
+                               "existing file is kept and the new one gets _2, _3, ...",
+                }),
             }
         }
 
+    @plain_errors
     def save(self, conditioning, filename_prefix: str):
         tensor = conditioning[0][0] if conditioning else None
         if tensor is None or tensor.ndim != 3 or tensor.shape[-1] % 2:

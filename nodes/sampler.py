@@ -13,6 +13,7 @@ from omniforcing_core.stream_run import DecodeOptions, PromptAt, StreamRequest, 
 
 from .comfy_bridge import bridge
 from .demo_prompt import DEMO_PROMPT_KEY
+from .errors import plain_errors, plain_message
 from .live_preview import LivePreview
 from .model import OmniForcingModel
 from .settings import NodeStreamSettings
@@ -56,22 +57,39 @@ class OmniForcingStreamingSampler:
     )
     CATEGORY = "OmniForcing"
     FUNCTION = "sample"
+    # Watching the stream in the node is an output: a graph with the sampler and no save node
+    # runs, and a cached re-run hands the player the stream again (ComfyUI resends an output
+    # node's UI output, not other nodes').
+    OUTPUT_NODE = True
     RETURN_TYPES = ("IMAGE", "AUDIO", "FLOAT", "LATENT")
     RETURN_NAMES = ("images", "audio", "fps", "latent")
+    OUTPUT_TOOLTIPS = (
+        "Every frame of the stream, float32 [frames, height, width, 3] in 0..1: 24 x seconds + 1 frames "
+        "(about height x width x 12 bytes each: a long stream is large).",
+        "The whole sound: 24 kHz stereo.",
+        "The frame rate of images: always 24 (LTX-2's clock). Connect it to CreateVideo's fps.",
+        "The audio-video latent in ComfyUI's LTX-2 layout: video [1, 128, frames, height/32, width/32] and "
+        "audio [1, 8, 25 x seconds + 1, 16] side by side, for LTXVSeparateAVLatent and the LTX-2 decoders.",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("OMNIFORCING_MODEL",),
+                "model": ("OMNIFORCING_MODEL", {"tooltip": "From OmniForcing Model Loader."}),
                 "positive": ("CONDITIONING", {"tooltip": "The prompt from the LTX-2 text encoder (CLIPTextEncode), "
                                                          "or from OmniForcing Demo Prompt for the built-in demo."}),
                 # The VAE decoder needs at least 2 x 2 latent cells (64 pixels) each way.
-                "width": ("INT", {"default": 768, "min": 64, "max": 4096, "step": 32}),
-                "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 32}),
+                "width": ("INT", {"default": 768, "min": 64, "max": 4096, "step": 32,
+                                  "tooltip": "Frame width in pixels, a multiple of 32 (one latent cell). LTX-2 "
+                                             "was trained at 768x512 and 512x768; the demo at 192x128."}),
+                "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 32,
+                                   "tooltip": "Frame height in pixels, a multiple of 32 (one latent cell)."}),
                 "seconds": ("INT", {"default": 5, "min": 1, "max": 3600,
-                                    "tooltip": "One block per second (the paper layout adds a prefix block)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                                    "tooltip": "Length of the stream: one block per second (the paper layout adds a "
+                                               "prefix block). A prompt schedule's switches must fall before it."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "The noise of the stream: the same seed and inputs give the same stream."}),
                 "decode": (list(DECODE_MODES), {
                     "default": "full",
                     "tooltip": "full: every block is VAE-decoded as it lands. fast preview: a cheap colour "
@@ -79,18 +97,29 @@ class OmniForcingStreamingSampler:
                 }),
             },
             "optional": {
-                "settings": ("OMNIFORCING_SETTINGS",),
-                "prompt_schedule": ("OMNIFORCING_PROMPTS",),
+                "settings": ("OMNIFORCING_SETTINGS", {
+                    "tooltip": "From OmniForcing Stream Settings; unconnected: the quality 4-step schedule, a "
+                               "4 s window, every sink token the checkpoint has.",
+                }),
+                "prompt_schedule": ("OMNIFORCING_PROMPTS", {
+                    "tooltip": "From OmniForcing Prompt Schedule: new prompts from given seconds on.",
+                }),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
+    @plain_errors
     def sample(self, model: OmniForcingModel, positive, width, height, seconds, seed, decode,
                settings: NodeStreamSettings | None = None, prompt_schedule=(), unique_id=None):
         b = bridge()
         settings = settings or NodeStreamSettings.defaults()
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
+        late = [change.second for change in prompt_schedule if change.second >= seconds]
+        if late:
+            raise ValueError(f"the prompt schedule switches at second {', '.join(map(str, late))}, but the stream is "
+                             f"{seconds} s long (seconds 0 to {seconds - 1}): set at_second below {seconds} or stream "
+                             "longer")
         pipeline = model.pipeline
         to_text = lambda conditioning: conditioning_to_text(conditioning, pipeline.caption_channels, model.demo)  # noqa: E731
         preview = decode == "fast preview"
@@ -110,14 +139,16 @@ class OmniForcingStreamingSampler:
             with run:  # an interrupt raised here frees the KV cache at once
                 started = time.perf_counter()
                 for block in run:
-                    live.block(block, time.perf_counter() - started)
+                    # An interrupt that landed while this block (generated ahead) decoded: not shown.
                     b.check_interrupt()
+                    live.block(block, time.perf_counter() - started)
+                    b.check_interrupt()  # before the next block's decode starts
                     started = time.perf_counter()
             b.check_interrupt()  # a stream stopped early by an interrupt ends here
         except BaseException as stopped:
             # ComfyUI's interrupt is a BaseException; anything else is a failure to report.
             failed = isinstance(stopped, Exception)
-            live.end(interrupted=not failed, error=f"{type(stopped).__name__}: {stopped}" if failed else None)
+            live.end(interrupted=not failed, error=plain_message(str(stopped)) if failed else None)
             b.release_memory()
             raise
         live.end()

@@ -52,6 +52,7 @@ class OmniForcingStreamSettings:
     FUNCTION = "build"
     RETURN_TYPES = ("OMNIFORCING_SETTINGS",)
     RETURN_NAMES = ("settings",)
+    OUTPUT_TOOLTIPS = ("For the Streaming Sampler's settings input.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -134,14 +135,18 @@ class OmniForcingPromptSchedule:
     FUNCTION = "schedule"
     RETURN_TYPES = ("OMNIFORCING_PROMPTS",)
     RETURN_NAMES = ("prompt_schedule",)
+    OUTPUT_TOOLTIPS = ("Every switch so far, for the Streaming Sampler's prompt_schedule (or the next schedule's "
+                       "previous).",)
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
                 "conditioning": ("CONDITIONING", {"tooltip": "The new prompt (LTX-2 text encoder)."}),
-                "at_second": ("INT", {"default": 5, "min": 1, "max": 3600,
-                                      "tooltip": "The stream second from which the new prompt applies."}),
+                # Inside the sampler's default 5 s, so the two defaults make a valid graph.
+                "at_second": ("INT", {"default": 3, "min": 1, "max": 3600,
+                                      "tooltip": "The stream second from which the new prompt applies (the stream "
+                                                 "starts at 0): below the sampler's seconds."}),
                 "blend_seconds": ("INT", {"default": 0, "min": 0, "max": 60,
                                           "tooltip": "Blend from the previous prompt over this many seconds."}),
             },

@@ -3,12 +3,15 @@ for its folders, progress bar, websocket and interrupt flag."""
 
 import importlib.util
 import inspect
+import json
 import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import nodes
 from nodes import comfy_bridge, events
@@ -16,7 +19,7 @@ from nodes.comfy_bridge import StandaloneBridge
 from nodes.demo_prompt import DEMO_PROMPT_KEY, demo_prompt_encoder
 from nodes.model import BUILT_IN_BASE, DEMO_GENERATOR
 from nodes.settings import NodeStreamSettings
-from omniforcing_core.checkpoint import CheckpointError, load_prompt_encoder
+from omniforcing_core.checkpoint import load_prompt_encoder
 from omniforcing_core.conditioning import TextConditioning, load_text_conditioning
 from omniforcing_core.demo import TINY_BASE_FILE, TINY_GENERATOR_FILE, write_tiny_checkpoints
 from omniforcing_core.decoders.video_stream import exact_lookahead_latents
@@ -97,6 +100,9 @@ def settings(**changes):
     return node("OmniForcingStreamSettings").build(**{**SETTINGS_INPUTS, **changes})[0]
 
 
+BLOCK_ENTRY = ("frames", "sheet", "columns", "audio", "samples")  # what a replay keeps of each block event
+
+
 def run_sampler(model, seconds=2, decode="full", **kwargs):
     return node("OmniForcingStreamingSampler").sample(
         model, conditioning(), width=96, height=64, seconds=seconds, seed=3, decode=decode, unique_id="7", **kwargs
@@ -139,6 +145,24 @@ def test_input_definitions(bridge):
     assert stream["context_noise"][1]["round"] == 0.001  # the frontend would round to 0.1 otherwise
 
 
+def test_every_input_and_output_has_a_tooltip(bridge):
+    for name, cls in nodes.NODE_CLASS_MAPPINGS.items():
+        inputs = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            for key, spec in inputs.get(section, {}).items():
+                assert len(spec) == 2 and spec[1].get("tooltip"), f"{name}.{key}"
+        assert len(getattr(cls, "OUTPUT_TOOLTIPS", ())) == len(cls.RETURN_TYPES), name
+    sampler = nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamingSampler"]
+    fps, latent = sampler.OUTPUT_TOOLTIPS[2:]
+    assert "always 24" in fps and "CreateVideo" in fps
+    assert "[1, 128, frames, height/32, width/32]" in latent and "[1, 8, 25 x seconds + 1, 16]" in latent
+
+
+def test_the_sampler_is_an_output_node():
+    # ComfyUI runs a graph only from output nodes, and resends only their UI output on a cached run.
+    assert nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamingSampler"].OUTPUT_NODE is True
+
+
 # Loader ---------------------------------------------------------------------------
 
 
@@ -154,6 +178,18 @@ def test_loader_fp8_keeps_block_weights_in_fp8(bridge):
     model, _ = load_tiny("fp8")
     dtypes = {p.dtype for n, p in model.pipeline.transformer.named_parameters() if n.endswith("to_q.weight")}
     assert dtypes == {torch.float8_e4m3fn}
+
+
+def test_a_broken_model_file_is_reported_problem_first_with_its_name(bridge):
+    broken = bridge.models_dir / "omniforcing" / "broken.safetensors"
+    broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(Exception) as refused:
+        node("OmniForcingModelLoader").load("broken.safetensors", TINY_BASE_FILE, "auto")
+    # ComfyUI's toast shows "<type>: <message>": a builtin type, the file's name early, its folder at the end.
+    assert type(refused.value) is ValueError
+    message = str(refused.value)
+    assert message.startswith("broken.safetensors: ") and "header" in message
+    assert message.endswith(f"(in {broken.parent})") and message.count(str(broken.parent)) == 1
 
 
 def test_missing_model_file_names_the_folders(bridge):
@@ -178,18 +214,42 @@ def test_sampler_streams_images_audio_and_latent(bridge):
     start, first, second, end = (payload for _, payload in bridge.events)
     assert start["blocks"] == 2 and start["fps"] == 24 and start["node"] == "7"
     assert [first["index"], second["index"]] == [0, 1]
-    assert len(first["frames"]) == 25 and len(second["frames"]) == 24
+    assert [first["frames"], second["frames"]] == [25, 24]
     assert [first["samples"], second["samples"]] == [24240, 24000]
-    assert end == {"node": "7", "prompt_id": None, "blocks_done": 2, "interrupted": False, "error": None}
+    assert end == {"node": "7", "prompt_id": None, "blocks_done": 2, "interrupted": False, "error": None,
+                   "replay": None}
     assert (first["fps"], first["sample_rate"]) == (24, 24000)
-    folder = bridge.temp_dir() / first["audio"]["subfolder"]
-    assert (folder / first["audio"]["filename"]).stat().st_size == 44 + 24240 * 2 * 2  # 16-bit stereo WAV
-    assert all((folder / f["filename"]).exists() for f in first["frames"] + second["frames"])
+    # Each block is two files: its frames as one sheet, its sound as one WAV.
+    folder = bridge.temp_dir() / first["subfolder"]
+    assert (folder / first["audio"]).stat().st_size == 44 + 24240 * 2 * 2  # 16-bit stereo WAV
+    assert (first["columns"], first["cell"], second["columns"]) == (5, [96, 64], 4)
+    sheet = Image.open(folder / first["sheet"])
+    assert sheet.size == (5 * 96, 5 * 64) and Image.open(folder / second["sheet"]).size == (4 * 96, 6 * 64)
+    # The sheet's cells are the frames: frame 22 in column 2, row 4 (compared over 8 x 8 averages:
+    # JPEG blurs the tiny model's pixel noise).
+    def coarse(pixels):
+        return pixels.reshape(8, 8, 12, 8, 3).mean(axis=(1, 3))
+
+    cell = np.asarray(sheet.crop((2 * 96, 4 * 64, 3 * 96, 5 * 64)), dtype=np.float32)
+    errors = [np.abs(coarse(cell) - coarse(images[n].numpy() * 255)).mean() for n in (21, 22, 23)]
+    assert errors[1] < 3 and min(errors[0], errors[2]) > 3 * errors[1]
+    assert sorted(path.name for path in folder.iterdir()) == ["b00000.jpg", "b00000.wav", "b00001.jpg", "b00001.wav",
+                                                                "stream.wav"]
     assert [call[1:3] for call in bridge.progress_calls] == [(1, 2), (2, 2)]
     assert bridge.progress_calls[0][3] == (96, 64)  # the preview image of the block's last frame
-    replay = result["ui"]["omniforcing"][0]
-    assert len(replay["frames"]) == 49 and replay["fps"] == 24
-    assert (bridge.temp_dir() / replay["audio"]["subfolder"] / replay["audio"]["filename"]).exists()
+    (replay,) = result["ui"]["omniforcing"]
+    assert (replay["fps"], replay["sample_rate"], replay["seconds"]) == (24, 24000, 49 / 24)
+    assert (replay["subfolder"], replay["cell"]) == (first["subfolder"], [96, 64])
+    assert replay["blocks"] == [{key: block[key] for key in BLOCK_ENTRY} for block in (first, second)]
+    stream_audio = replay["stream_audio"]
+    assert (bridge.temp_dir() / stream_audio["subfolder"] / stream_audio["filename"]).exists()
+
+
+def test_the_history_entry_of_a_long_stream_stays_small(bridge):
+    model, _ = load_tiny()
+    ui = run_sampler(model, seconds=12)["ui"]
+    # One entry per block (not per frame): ComfyUI keeps it in the history and sends it to the browser.
+    assert len(ui["omniforcing"][0]["blocks"]) == 12 and len(json.dumps(ui)) < 150 * 12
 
 
 def test_fast_preview_streams_sketches_and_still_returns_the_full_decode(bridge, monkeypatch):
@@ -225,7 +285,8 @@ def test_an_interrupt_asked_mid_block_stops_within_a_pass(bridge, monkeypatch):
     # Block 0 asks before each of its 5 passes; the worker generating block 1 ahead stops at
     # the pass the request lands on (or earlier, when the check after block 0 already sees it).
     assert 6 <= len(asked) <= 8
-    assert bridge.events[-1][1]["blocks_done"] == 1 and bridge.events[-1][1]["interrupted"] is True
+    # Block 0 is shown unless the request landed while it decoded (the worker asks meanwhile).
+    assert bridge.events[-1][1]["blocks_done"] <= 1 and bridge.events[-1][1]["interrupted"] is True
 
 
 def test_a_failing_preview_write_fails_the_stream_with_its_error(bridge, monkeypatch):
@@ -240,7 +301,7 @@ def test_a_failing_preview_write_fails_the_stream_with_its_error(bridge, monkeyp
     with pytest.raises(OSError, match="No space left on device"):
         run_sampler(model, seconds=2)
     end = bridge.events[-1][1]
-    assert end["error"] == "OSError: No space left on device" and end["interrupted"] is False
+    assert end["error"] == "No space left on device" and end["interrupted"] is False and end["replay"] is None
 
 
 @pytest.mark.parametrize("seconds", [1, 3, 6])
@@ -253,10 +314,66 @@ def test_every_decode_lookahead_streams_through_the_node(bridge, seconds):
         bridge.events.clear()
         images, audio, _, latent = run_sampler(model, seconds=seconds, settings=settings(decode_lookahead=lookahead))["result"]
         assert images.shape[0] == frames and audio["waveform"].shape[-1] == 24000 * seconds + 240
-        shown = sum(len(payload["frames"]) for name, payload in bridge.events if name == events.BLOCK)
+        shown = sum(payload["frames"] for name, payload in bridge.events if name == events.BLOCK)
         assert shown == frames, lookahead
     whole_clip = vae.decode_frames(latent["samples"][0], seed=3)
     assert (images - whole_clip).abs().max() <= 1e-5
+
+
+def test_an_interrupt_during_the_decode_of_the_block_generated_ahead_does_not_show_it(bridge, monkeypatch):
+    from omniforcing_core.decoders.av_stream import AVStreamDecoder
+
+    model, _ = load_tiny()
+    asked = []
+    push = AVStreamDecoder.push
+
+    def push_then_interrupt(self, span, *args, **kwargs):
+        decoded = push(self, span, *args, **kwargs)
+        if span.index == 1:  # the click lands while block 1 decodes
+            asked.append(span.index)
+        return decoded
+
+    def check_interrupt():
+        if asked:
+            raise Interrupted("interrupted")
+
+    monkeypatch.setattr(AVStreamDecoder, "push", push_then_interrupt)
+    monkeypatch.setattr(bridge, "interrupt_requested", lambda: bool(asked))
+    monkeypatch.setattr(bridge, "check_interrupt", check_interrupt)
+    with pytest.raises(Interrupted):
+        run_sampler(model, seconds=4)
+    assert bridge.event_names() == [events.START, events.BLOCK, events.END]
+    assert len(bridge.progress_calls) == 1  # nor on the progress bar
+    end = bridge.events[-1][1]
+    assert end["blocks_done"] == 1 and end["interrupted"] is True
+
+
+def test_an_interrupted_stream_hands_the_player_what_it_showed(bridge):
+    model, _ = load_tiny()
+    bridge.interrupt_after_blocks = 2
+    with pytest.raises(Interrupted):
+        run_sampler(model, seconds=4)
+    blocks = [payload for name, payload in bridge.events if name == events.BLOCK]
+    replay = bridge.events[-1][1]["replay"]
+    assert (replay["fps"], replay["sample_rate"], replay["seconds"]) == (24, 24000, 49 / 24)
+    assert replay["blocks"] == [{key: block[key] for key in BLOCK_ENTRY} for block in blocks]
+    folder = bridge.temp_dir() / replay["subfolder"]
+    assert all((folder / block[kind]).is_file() for block in replay["blocks"] for kind in ("sheet", "audio"))
+
+
+def test_a_prompt_switch_past_the_stream_is_refused_in_seconds_before_streaming(bridge):
+    model, _ = load_tiny()
+    schedule = node("OmniForcingPromptSchedule").schedule(conditioning(seed=9), at_second=3, blend_seconds=0)[0]
+    with pytest.raises(ValueError, match=r"^the prompt schedule switches at second 3, but the stream is 3 s long "
+                                         r"\(seconds 0 to 2\): set at_second below 3 or stream longer$"):
+        run_sampler(model, seconds=3, prompt_schedule=schedule)
+    assert bridge.events == []
+
+
+def test_the_prompt_schedule_default_falls_inside_the_sampler_default():
+    at_second = nodes.NODE_CLASS_MAPPINGS["OmniForcingPromptSchedule"].INPUT_TYPES()["required"]["at_second"][1]
+    seconds = nodes.NODE_CLASS_MAPPINGS["OmniForcingStreamingSampler"].INPUT_TYPES()["required"]["seconds"][1]
+    assert at_second["min"] <= at_second["default"] < seconds["default"]
 
 
 def test_interrupt_frees_the_stream_and_the_next_run_works(bridge):
@@ -276,11 +393,16 @@ def test_interrupt_frees_the_stream_and_the_next_run_works(bridge):
 
 def test_a_failure_mid_stream_is_reported_as_an_error(bridge, monkeypatch):
     model, _ = load_tiny()
-    monkeypatch.setattr(bridge, "check_interrupt", lambda: (_ for _ in ()).throw(RuntimeError("disk full")))
+    def fail_once_a_block_is_shown():
+        if bridge.progress_calls:
+            raise RuntimeError("disk full")
+
+    monkeypatch.setattr(bridge, "check_interrupt", fail_once_a_block_is_shown)
     with pytest.raises(RuntimeError, match="disk full"):
         run_sampler(model, seconds=3)
     end = bridge.events[-1][1]
-    assert end["interrupted"] is False and end["error"] == "RuntimeError: disk full" and end["blocks_done"] == 1
+    assert end["interrupted"] is False and end["error"] == "disk full" and end["blocks_done"] == 1
+    assert len(end["replay"]["blocks"]) == 1  # what streamed before the failure can be replayed
 
 
 def test_prompt_schedule_switches_from_its_second(bridge):
@@ -448,9 +570,9 @@ def test_the_built_in_base_does_not_go_with_a_real_generator(bridge):
 
 
 def test_missing_demo_files_are_named(empty_bridge, no_demo):
-    with pytest.raises(CheckpointError, match="built-in demo model file .* is missing"):
+    with pytest.raises(ValueError, match="built-in demo model file .* is missing"):
         load_demo()
-    with pytest.raises(CheckpointError, match="built-in demo model file .* is missing"):
+    with pytest.raises(ValueError, match="built-in demo model file .* is missing"):
         demo_prompt()
 
 
