@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from torch import nn
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-_SLICE = 1 << 20  # elements quantized at once: a 4 MiB fp32 temporary
 
 
 class FP8Linear(nn.Module):
@@ -83,19 +82,27 @@ def fp8_scale(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) ->
     return torch.where(amax > 0, amax / torch.finfo(dtype).max, torch.ones_like(amax)).reshape(())
 
 
-def quantize_fp8(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn, *,
+                 slice_elements: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor scaled fp8: (fp8 weight, fp32 scalar scale) with weight ~= fp8 * scale.
 
-    Done one slice at a time, so the only temporaries are one slice in fp32: a weight
-    memory-mapped from a file is quantized without ever being copied whole.
+    ``slice_elements``: quantize that many elements at a time through one reused fp32
+    buffer, the only temporary (the loader's way: a weight memory-mapped from a file is
+    never copied whole, and the heap does not fragment); None does it in one go
+    (activations: the fewest kernels).
     """
     scale = fp8_scale(weight, dtype)
     largest = torch.finfo(dtype).max
+    source = weight.detach()
+    if slice_elements is None:
+        return (source.float() / scale).clamp_(-largest, largest).to(dtype), scale
     quantized = torch.empty(weight.shape, dtype=dtype, device=weight.device)
-    source, target = weight.detach().reshape(-1), quantized.view(-1)
-    for start in range(0, source.numel(), _SLICE):
-        piece = torch.div(source[start:start + _SLICE].float(), scale)  # a new tensor: the input stays intact
-        target[start:start + _SLICE] = piece.clamp_(-largest, largest).to(dtype)
+    source, target = source.reshape(-1), quantized.view(-1)
+    work = torch.empty(min(slice_elements, source.numel()), dtype=torch.float32, device=weight.device)
+    for start in range(0, source.numel(), slice_elements):
+        piece = work[:min(slice_elements, source.numel() - start)]
+        piece.copy_(source[start:start + piece.numel()]).div_(scale).clamp_(-largest, largest)
+        target[start:start + piece.numel()].copy_(piece)  # the copy rounds to fp8
     return quantized, scale
 
 

@@ -20,6 +20,10 @@ from .keys import summarize_names
 from .reader import Checkpoint, CheckpointError
 
 
+# Elements quantized at once while loading: a 4 MiB fp32 temporary.
+QUANTIZE_SLICE = 1 << 20
+
+
 @dataclass(frozen=True)
 class TensorRead:
     """Where one module tensor comes from and how it arrives."""
@@ -51,7 +55,7 @@ class TensorRead:
             yield name, self.read(device)
             return
         source = self.read(device) if self.scale_key is not None else self.checkpoint.view(self.key).to(device)
-        weight, scale = quantize_fp8(source, self.quantize)
+        weight, scale = quantize_fp8(source, self.quantize, slice_elements=QUANTIZE_SLICE)
         del source  # unmaps the file's bytes before the next tensor is read
         yield name, weight
         yield f"{name}_scale", scale
