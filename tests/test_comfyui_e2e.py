@@ -370,8 +370,21 @@ def probe_mp4(path: Path) -> dict:
     return facts
 
 
-def block_frames(comfy, block: dict) -> list[bytes]:
-    return [(comfy.base / "temp" / file["subfolder"] / file["filename"]).read_bytes() for file in block["frames"]]
+def block_sheet(comfy, block: dict) -> bytes:
+    """The JPEG of a block's frames (one sheet per block, see nodes/events.py)."""
+    return (comfy.base / "temp" / block["subfolder"] / block["sheet"]).read_bytes()
+
+
+def last_frame(comfy, block: dict) -> bytes:
+    """A block's last frame, cut from its sheet, as a PNG."""
+    from PIL import Image
+
+    (width, height), n = block["cell"], block["frames"] - 1
+    left, top = (n % block["columns"]) * width, (n // block["columns"]) * height
+    cell = Image.open(io.BytesIO(block_sheet(comfy, block))).crop((left, top, left + width, top + height))
+    png = io.BytesIO()
+    cell.save(png, format="PNG")
+    return png.getvalue()
 
 
 def mean_difference(jpeg: bytes, reference_jpeg: bytes) -> float:
@@ -399,14 +412,17 @@ def check_stream(comfy, run: Run, ids: dict[str, str], seconds: int) -> dict:
     announced = run.data("omniforcing.block")
     assert [block["index"] for block in announced] == list(range(len(blocks)))
     for block, span in zip(announced, blocks):
-        assert len(block["frames"]) == span.pixel_count
+        assert block["frames"] == span.pixel_count
         assert block["samples"] == span.sample_count
         assert block["time"] == [span.time_span[0], span.time_span[1]]
-        for file in [*block["frames"], block["audio"]]:
-            assert (comfy.base / "temp" / file["subfolder"] / file["filename"]).is_file()
+        for name in (block["sheet"], block["audio"]):
+            assert (comfy.base / "temp" / block["subfolder"] / name).is_file()
+    # Two files per block in the stream's temp folder, and the whole sound once for the audio widget.
+    (folder,) = {block["subfolder"] for block in announced}
+    assert len(list((comfy.base / "temp" / folder).iterdir())) == 2 * len(blocks) + 1
     (end,) = run.data("omniforcing.end")
     assert end == {"node": sampler_id, "prompt_id": run.prompt_id, "blocks_done": len(blocks), "interrupted": False,
-                   "error": None}
+                   "error": None, "replay": None}
     # The order on the wire: start, the blocks, end.
     custom = [message["type"] for message in run.messages if message["type"].startswith("omniforcing.")]
     assert custom == ["omniforcing.start", *["omniforcing.block"] * len(blocks), "omniforcing.end"]
@@ -417,11 +433,13 @@ def check_stream(comfy, run: Run, ids: dict[str, str], seconds: int) -> dict:
     for preview, block in zip(run.previews, announced):
         assert preview["metadata"]["display_node_id"] == sampler_id
         assert preview["metadata"]["image_type"] == "image/jpeg"
-        assert mean_difference(preview["image"], block_frames(comfy, block)[-1]) < 4
+        assert mean_difference(preview["image"], last_frame(comfy, block)) < 4
 
     (replay,) = executed_outputs(run)[sampler_id]["omniforcing"]
     frames = 24 * seconds + 1
-    assert len(replay["frames"]) == frames and replay["fps"] == 24
+    assert sum(block["frames"] for block in replay["blocks"]) == frames and replay["fps"] == 24
+    assert replay["blocks"] == [{key: block[key] for key in ("frames", "sheet", "columns", "audio", "samples")}
+                                for block in announced]
 
     media = probe_mp4(saved_video(comfy, run, ids["SaveVideo"]))
     samples = blocks[-1].sample_interval[1]  # 24000 * seconds + 240
@@ -507,7 +525,7 @@ def test_long_stream_template_with_window_and_prompt_switch(comfy, record_proper
     del prompt[switch_context]
     unswitched = comfy.run(prompt)
     assert unswitched.outcome == "execution_success"
-    same = [block_frames(comfy, a) == block_frames(comfy, b)
+    same = [block_sheet(comfy, a) == block_sheet(comfy, b)
             for a, b in zip(run.data("omniforcing.block"), unswitched.data("omniforcing.block"), strict=True)]
     assert same == [True, True, True, False, False, False]
 
@@ -579,10 +597,14 @@ def test_the_model_loads_once_and_shows_what_it_detected(comfy):
 
 def test_interrupt_stops_the_stream_and_the_next_run_succeeds(comfy, record_property):
     prompt, ids = cpu_prompt(comfy, "omniforcing_t2av_5s", seconds=600, seed=4)
+    clicked = []
 
     def interrupt_after_first_block(run, message):
         if message["type"] == "omniforcing.block" and message["data"]["index"] == 0:
+            clicked.append(time.monotonic())
             comfy.post("/interrupt", {"prompt_id": run.prompt_id})
+        if message["type"] == "omniforcing.end":
+            clicked.append(time.monotonic())
 
     started = time.monotonic()
     run = comfy.run(prompt, on_message=interrupt_after_first_block)
@@ -591,15 +613,52 @@ def test_interrupt_stops_the_stream_and_the_next_run_succeeds(comfy, record_prop
     (interrupted,) = run.data("execution_interrupted")
     assert interrupted["node_id"] == ids["OmniForcingStreamingSampler"]
     (end,) = run.data("omniforcing.end")
-    announced = [block["index"] for block in run.data("omniforcing.block")]
-    assert end["interrupted"] is True and announced == list(range(len(announced))) and 1 <= len(announced) < 600
-    assert end["blocks_done"] == len(announced)
+    announced = run.data("omniforcing.block")
+    # Nothing new is shown after the click: the block generated ahead meanwhile is dropped.
+    assert end["interrupted"] is True and [block["index"] for block in announced] == [0]
+    assert end["blocks_done"] == 1
+    # What streamed stays replayable in the player (the node's outputs go nowhere).
+    replay = end["replay"]
+    assert replay["blocks"] == [{key: block[key] for key in ("frames", "sheet", "columns", "audio", "samples")}
+                                for block in announced]
+    assert all((comfy.base / "temp" / replay["subfolder"] / block[kind]).is_file()
+               for block in replay["blocks"] for kind in ("sheet", "audio"))
     assert ids["SaveVideo"] not in executed_outputs(run)
 
     again, ids = cpu_prompt(comfy, "omniforcing_t2av_5s", seconds=2, seed=5)
     numbers = check_stream(comfy, comfy.run(again), ids, seconds=2)
     record_property("interrupt", {"blocks_announced": len(announced), "blocks_done": end["blocks_done"],
+                                  "click_to_end_s": round(clicked[1] - clicked[0], 3),
                                   "interrupted_after_s": round(interrupted_after_s, 2), "next_run": numbers})
+
+
+def test_a_bad_sigma_list_is_refused_once_under_its_own_name(comfy):
+    prompt, ids = cpu_prompt(comfy, "omniforcing_realtime_3step", seconds=1, seed=0)
+    prompt[ids["OmniForcingStreamSettings"]]["inputs"].update(schedule="custom", custom_sigmas="1000, 500, 700, 0")
+    errors = comfy.refusal(prompt)
+    assert list(errors) == [ids["OmniForcingStreamSettings"]]
+    (error,) = errors[ids["OmniForcingStreamSettings"]]["errors"]
+    assert error["type"] == "custom_validation_failed" and error["extra_info"]["input_name"] == "custom_sigmas"
+    assert "strictly decrease" in error["details"]
+
+
+def test_the_sampler_alone_runs_and_a_cached_rerun_hands_the_player_its_stream(comfy):
+    """No save node: the sampler is an output node. Queued again unchanged, nothing runs, and the
+    player gets the stream again (ComfyUI resends a cached output node's UI output)."""
+    prompt, ids = cpu_prompt(comfy, "omniforcing_t2av_5s", seconds=1, seed=11)
+    for class_type in ("CreateVideo", "SaveVideo"):
+        del prompt[ids[class_type]]
+    sampler = ids["OmniForcingStreamingSampler"]
+    first = comfy.run(prompt)
+    assert first.outcome == "execution_success", first.data("execution_error")
+    (replay,) = executed_outputs(first)[sampler]["omniforcing"]
+    assert len(replay["blocks"]) == 1 == len(first.data("omniforcing.block"))
+
+    again = comfy.run(prompt)
+    assert again.outcome == "execution_success"
+    (cached,) = again.data("execution_cached")
+    assert sampler in cached["nodes"] and not again.data("omniforcing.block")
+    assert executed_outputs(again)[sampler]["omniforcing"] == [replay]
 
 
 def read_probe(comfy, run: Run, probe_id: str) -> tuple[dict, dict]:

@@ -3,24 +3,23 @@
  *
  * OmniForcingStreamingSampler: a player inside the node plays the stream while it is generated
  * (the omniforcing.start/.block/.end events, see nodes/events.py), replays the finished stream from
- * the node's `omniforcing` UI output, and the core audio player gets the whole-stream WAV.
+ * the node's `omniforcing` UI output (or an interrupted one from its end event), and the core audio
+ * player gets the whole-stream WAV.
  * OmniForcingModelLoader: the detected model info (its `text` UI output) in a read-only box.
  *
- * Sync: sound is scheduled with WebAudio, block after block, back to back; the picture follows the
- * audio clock (frame j is shown while media time j / fps is heard). When the next block is not ready
- * in time, the clock holds (last frame, silence) and restarts where it stopped once the block is
- * there: sound and picture wait together instead of drifting apart.
+ * Each block is two files: its frames as one sheet (a JPEG grid) and its sound as one WAV. Sound is
+ * scheduled with WebAudio, block after block, back to back; the picture follows the audio clock
+ * (playback.js).
  */
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { Playback, sheetFrames } from "./playback.js";
 
 const SAMPLER = "OmniForcingStreamingSampler";
 const LOADER = "OmniForcingModelLoader";
 const EVENTS = { start: "omniforcing.start", block: "omniforcing.block", end: "omniforcing.end" };
 // The stream's clock (DESIGN.md section 2); used only when the start event was missed (page reloaded mid-run).
 const STREAM_DEFAULTS = { fps: 24, sample_rate: 24000 };
-const LEAD_S = 0.1; // a (re)started clock begins this far ahead, so its first sound is not cut off
-const LATE_S = 0.01; // media arriving closer than this to the playhead counts as late: restart the clock there
 const RESUME_WAIT_MS = 200; // without a user gesture the browser never answers a resume(): play muted instead
 const REPLAY_LOOKAHEAD_S = 3; // replay loads frames only this far ahead of the playhead (memory)
 
@@ -72,139 +71,32 @@ async function allowSound() {
   return context.state === "running";
 }
 
-/**
- * Fetches sound and frames; never rejects. `problem` says what could not be loaded:
- * a missing frame leaves a null (the previous frame stays up), missing sound leaves silence.
- */
-async function loadMedia(frameFiles, audioFile) {
-  const context = sharedAudioContext();
-  const [sound, frames] = await Promise.all([
-    context && audioFile ? fetchAudio(context, viewURL(audioFile)).catch((error) => error) : null,
-    Promise.all(frameFiles.map((file) => loadImage(viewURL(file)))),
-  ]);
-  const problems = [];
-  if (sound instanceof Error) problems.push(`sound: ${sound.message}`);
-  const missing = frames.filter((frame) => !frame).length;
-  if (missing) problems.push(`${missing} frame(s) could not be loaded`);
-  return { buffer: sound instanceof Error ? null : sound, frames, problem: problems.join("; ") };
+/** The AudioContext to play through now, or null while the browser does not allow sound. */
+function runningSound() {
+  return audioContext?.state === "running" ? audioContext : null;
+}
+
+function newPlayback(fps) {
+  return new Playback(fps ?? STREAM_DEFAULTS.fps, { soundContext: runningSound });
 }
 
 /**
- * One pass over a stream's timeline: the live stream or a replay. Media time 0 is the first frame.
- * Media is appended in order as segments (a span of sound and the frames that go with it), so the
- * timeline is ready up to the end of the last segment. The clock is the AudioContext's when the
- * browser allows sound, else the wall clock (the picture then plays muted at the same pace).
+ * Fetches one block's two files (see nodes/events.py: `sheet`, `audio` in `subfolder`); never rejects.
+ * `problem` says what could not be loaded: a missing sheet leaves nulls (the previous frame stays up),
+ * missing sound leaves silence.
  */
-class Playback {
-  constructor(fps) {
-    this.fps = fps;
-    this.frames = []; // frame j shows at media time j / fps; set to null once passed, to free memory
-    this.segments = []; // {start, duration, buffer, offset}: back to back from media time 0
-    this.sources = new Set();
-    this.readyEnd = 0; // media time up to which sound and frames are here
-    this.finished = false; // nothing more will be appended
-    this.stopped = false;
-    this.context = null; // the AudioContext driving the clock, or null for the wall clock
-    this.anchor = null; // {media, clock}: media time `media` plays at clock time `clock`
-    this.nextFrame = 0; // first frame not shown yet
-    this.image = null; // the frame on screen
-    this.shown = 0; // frames shown so far
-  }
-
-  clockTime() {
-    return this.context ? this.context.currentTime : performance.now() / 1000;
-  }
-
-  /** Media time the clock has reached at clock time t; it holds at readyEnd while the next media is missing. */
-  position(t) {
-    if (!this.anchor) return 0;
-    return Math.min(this.readyEnd, this.anchor.media + Math.max(0, t - this.anchor.clock));
-  }
-
-  /** Media time being heard now, which is what the picture shows. */
-  mediaTime() {
-    return this.position(this.clockTime() - (this.context?.outputLatency ?? 0));
-  }
-
-  /** Where the clock would be if it never held: past readyEnd while it waits for media. */
-  unheldPosition() {
-    return this.anchor.media + this.clockTime() - this.anchor.clock;
-  }
-
-  /** True while the clock has run out of media and waits for more. */
-  waiting() {
-    return !this.finished && !!this.anchor && this.unheldPosition() >= this.readyEnd;
-  }
-
-  done() {
-    return this.finished && this.mediaTime() >= this.readyEnd;
-  }
-
-  /** Appends `duration` seconds of sound (`buffer` from `offset`, or silence) and the frames shown meanwhile. */
-  append({ duration, buffer = null, offset = 0, frames = [] }) {
-    if (this.stopped) return;
-    const segment = { start: this.readyEnd, duration, buffer, offset };
-    const late = !this.anchor || this.unheldPosition() > this.readyEnd - LATE_S;
-    const resumeAt = this.position(this.clockTime());
-    // Played sound is never scheduled again: let a long stream's buffers go.
-    while (this.segments.length && this.segments[0].start + this.segments[0].duration <= resumeAt) this.segments.shift();
-    this.segments.push(segment);
-    this.frames.push(...frames);
-    this.readyEnd += duration;
-    if (late) this.restart(resumeAt);
-    else this.schedule(segment);
-  }
-
-  finish() {
-    this.finished = true;
-  }
-
-  /** Starts the clock (again) at media time `from`, scheduling all the sound from there on. */
-  restart(from) {
-    this.silence();
-    this.context = audioContext?.state === "running" ? audioContext : null;
-    this.anchor = { media: from, clock: this.clockTime() + LEAD_S };
-    for (const segment of this.segments) this.schedule(segment);
-  }
-
-  /** Moves the clock to sound (when the browser allows it now) without a jump in media time. */
-  unmute() {
-    if (!this.stopped && this.anchor && !this.context) this.restart(this.position(this.clockTime()));
-  }
-
-  /** Plays the part of `segment` after the anchor at its place on the clock. */
-  schedule(segment) {
-    const skip = Math.max(0, this.anchor.media - segment.start);
-    if (!this.context || !segment.buffer || skip >= segment.duration) return;
-    const source = this.context.createBufferSource();
-    source.buffer = segment.buffer;
-    source.connect(this.context.destination);
-    source.onended = () => this.sources.delete(source);
-    const at = this.anchor.clock + Math.max(0, segment.start - this.anchor.media);
-    source.start(at, segment.offset + skip, segment.duration - skip);
-    this.sources.add(source);
-  }
-
-  silence() {
-    for (const source of this.sources) source.stop();
-    this.sources.clear();
-  }
-
-  stop() {
-    this.stopped = true;
-    this.silence();
-  }
-
-  /** The frame to show now: the last loaded one at or before the heard media time. */
-  currentFrame() {
-    const index = Math.min(Math.floor(this.mediaTime() * this.fps + 1e-6), this.frames.length - 1);
-    for (; this.nextFrame <= index; this.nextFrame++) {
-      this.image = this.frames[this.nextFrame] ?? this.image;
-      this.frames[this.nextFrame] = null;
-    }
-    this.shown = Math.max(this.shown, index + 1);
-    return this.image;
-  }
+async function loadBlock(subfolder, cell, block) {
+  const context = sharedAudioContext();
+  const file = (filename) => ({ filename, subfolder, type: "temp" });
+  const [sound, sheet] = await Promise.all([
+    context ? fetchAudio(context, viewURL(file(block.audio))).catch((error) => error) : null,
+    block.sheet ? loadImage(viewURL(file(block.sheet))) : null,
+  ]);
+  const problems = [];
+  if (sound instanceof Error) problems.push(`sound: ${sound.message}`);
+  if (block.sheet && !sheet) problems.push("its frames could not be loaded");
+  const frames = block.frames ? sheetFrames(sheet, block.frames, block.columns, cell) : [];
+  return { buffer: sound instanceof Error ? null : sound, frames, problem: problems.join("; ") };
 }
 
 /** Resolves once `condition()` holds or the playback stopped. */
@@ -235,25 +127,33 @@ class StreamPlayer {
   buildDOM() {
     const root = document.createElement("div");
     root.style.cssText = "display:flex;flex-direction:column;gap:4px;width:100%;height:100%;min-height:0";
+    // The canvas fills a box of its own, laid out absolutely: whatever the node's height (the audio
+    // widget below takes some once it appears), the picture stays centred at the box's full width.
+    const screen = document.createElement("div");
+    screen.style.cssText = "position:relative;flex:1 1 0;min-height:0;width:100%;background:#000;border-radius:4px";
     this.canvas = document.createElement("canvas");
     this.canvas.width = 384;
     this.canvas.height = 256;
-    this.canvas.style.cssText = "flex:1;min-height:0;width:100%;object-fit:contain;background:#000;border-radius:4px";
+    this.canvas.style.cssText = "position:absolute;inset:0;width:100%;height:100%;object-fit:contain";
+    screen.append(this.canvas);
     const bar = document.createElement("div");
-    bar.style.cssText = "display:flex;align-items:center;gap:6px;font:11px monospace;color:#bbb";
+    bar.style.cssText = "display:flex;align-items:flex-start;gap:6px;font:11px/1.35 monospace;color:#bbb";
     this.button = document.createElement("button");
-    this.button.style.cssText = "font:11px sans-serif;padding:1px 8px;cursor:pointer";
+    this.button.style.cssText = "flex:none;white-space:nowrap;font:11px sans-serif;padding:1px 8px;cursor:pointer";
     this.button.onclick = () => this.toggleReplay().catch((error) => this.showError(error));
+    // Wraps onto a second line rather than cutting the end off at the node's default width.
     this.status = document.createElement("span");
-    this.status.style.cssText = "overflow:hidden;text-overflow:ellipsis;white-space:nowrap";
+    this.status.style.cssText = "flex:1 1 0;min-width:0;min-height:2.7em;overflow-wrap:anywhere";
     bar.append(this.button, this.status);
-    root.append(this.canvas, bar);
+    root.append(screen, bar);
     // A click on the player is the user gesture browsers want before they play sound.
     root.addEventListener("pointerdown", () => this.unmute().catch((error) => this.showError(error)));
+    // canvasOnly: the player is no input, so the properties panel does not list it as an empty one.
     const widget = this.node.addDOMWidget("omniforcing_player", "omniforcing_player", root, {
       serialize: false,
       hideOnZoom: false,
-      getMinHeight: () => 220,
+      canvasOnly: true,
+      getMinHeight: () => 240,
     });
     widget.serialize = false; // keeps it out of widgets_values (options.serialize keeps it out of the prompt)
     this.render();
@@ -263,10 +163,11 @@ class StreamPlayer {
 
   onStart(detail) {
     this.useResult(null);
-    const playback = new Playback(detail.fps ?? STREAM_DEFAULTS.fps);
+    const playback = newPlayback(detail.fps);
     this.stream = {
-      promptId: detail.prompt_id, blocks: detail.blocks, sampleRate: detail.sample_rate ?? STREAM_DEFAULTS.sample_rate,
-      index: -1, streamed: 0, playback, chain: Promise.resolve(),
+      promptId: detail.prompt_id, blocks: detail.blocks, seconds: detail.seconds,
+      sampleRate: detail.sample_rate ?? STREAM_DEFAULTS.sample_rate, index: -1, streamed: 0, playback,
+      chain: Promise.resolve(),
     };
     this.errors = [];
     this.play(playback, "live");
@@ -280,7 +181,7 @@ class StreamPlayer {
     stream.blocks = detail.blocks;
     stream.streamed = detail.time[1];
     const duration = detail.samples / stream.sampleRate;
-    const media = loadMedia(detail.frames, detail.audio);
+    const media = loadBlock(detail.subfolder, detail.cell, detail);
     // Blocks load in parallel but join the timeline in order.
     stream.chain = stream.chain
       .then(() => media)
@@ -295,13 +196,12 @@ class StreamPlayer {
   onEnd(detail) {
     const stream = this.stream;
     if (stream?.promptId !== detail.prompt_id) return;
-    if (detail.error) {
-      this.mode = "failed";
+    if (detail.error || detail.interrupted) {
+      this.mode = detail.error ? "failed" : "interrupted";
       this.stopPlayback();
-      this.showError(detail.error);
-    } else if (detail.interrupted) {
-      this.mode = "interrupted";
-      this.stopPlayback();
+      if (detail.error) this.showError(detail.error);
+      // What streamed stays replayable; the node's outputs are gone (ComfyUI passes none on).
+      this.useResult(detail.replay ?? null);
     } else {
       this.mode = "finished";
       // The playback keeps going through what is buffered, then ends.
@@ -318,12 +218,14 @@ class StreamPlayer {
   }
 
   useResult(result) {
-    this.result = result?.frames?.length ? result : null;
+    this.result = result?.blocks?.length ? result : null;
     const audio = audioWidget(this.node);
     if (audio) {
-      if (this.result) audio.element.src = viewURL(this.result.audio);
+      // The whole sound for the audio widget comes with a finished stream only.
+      const whole = this.result?.stream_audio;
+      if (whole) audio.element.src = viewURL(whole);
       else audio.element.removeAttribute("src");
-      audio.hidden = !this.result; // a hidden widget takes no room in the node
+      audio.hidden = !whole; // a hidden widget takes no room in the node
       this.node.setDirtyCanvas(true, true);
     }
     if (this.result && this.mode === "idle") {
@@ -335,8 +237,11 @@ class StreamPlayer {
 
   /** Puts the first frame on the canvas of an idle player (an output restored without a run). */
   async showPoster() {
-    const first = await loadImage(viewURL(this.result.frames[0]));
-    if (first && this.mode === "result" && !this.playback) this.draw(first);
+    const { subfolder, cell, blocks } = this.result;
+    const first = blocks.find((block) => block.frames);
+    if (!first) return;
+    const sheet = await loadImage(viewURL({ filename: first.sheet, subfolder, type: "temp" }));
+    if (sheet && this.mode === "result" && !this.playback) this.draw(sheetFrames(sheet, 1, first.columns, cell)[0]);
   }
 
   async toggleReplay() {
@@ -350,24 +255,20 @@ class StreamPlayer {
     }
   }
 
+  /** Plays a replay's blocks again, each loaded just ahead of the playhead (memory). */
   async replay(result) {
-    const playback = new Playback(result.fps ?? STREAM_DEFAULTS.fps);
+    const playback = newPlayback(result.fps);
     this.errors = [];
     this.play(playback, "replay");
     try {
       await allowSound(); // first, while the click still counts as a user gesture
-      const { buffer, problem } = await loadMedia([], result.audio);
-      if (problem) this.showError(problem);
-      const fps = playback.fps;
-      const total = result.frames.length;
-      const end = Math.max(total / fps, buffer?.duration ?? 0);
-      // One second of frames per segment, loaded just ahead of the playhead; the sound is sliced to match.
-      for (let first = 0; first < total && !playback.stopped; first += fps) {
-        await waitUntil(playback, () => playback.mediaTime() >= first / fps - REPLAY_LOOKAHEAD_S);
-        const loaded = await loadMedia(result.frames.slice(first, first + fps), null);
-        if (loaded.problem) this.showError(loaded.problem);
-        const until = first + fps >= total ? end : (first + fps) / fps;
-        playback.append({ duration: until - first / fps, buffer, offset: first / fps, frames: loaded.frames });
+      const sampleRate = result.sample_rate ?? STREAM_DEFAULTS.sample_rate;
+      for (const [index, block] of result.blocks.entries()) {
+        if (playback.stopped) break;
+        await waitUntil(playback, () => playback.mediaTime() >= playback.readyEnd - REPLAY_LOOKAHEAD_S);
+        const { buffer, frames, problem } = await loadBlock(result.subfolder, result.cell, block);
+        if (problem) this.showError(`block ${index + 1}: ${problem}`);
+        playback.append({ duration: block.samples / sampleRate, buffer, frames });
       }
     } finally {
       playback.finish(); // whatever happened, the replay ends instead of waiting for more
@@ -400,8 +301,8 @@ class StreamPlayer {
     const playback = this.playback;
     if (!playback) return;
     try {
-      const image = playback.currentFrame();
-      if (image && image !== this.drawn) this.draw(image);
+      const frame = playback.currentFrame();
+      if (frame && frame !== this.drawn) this.draw(frame);
       if (playback.done()) {
         this.playback = null;
         if (this.mode === "replay") this.mode = this.modeAfterReplay;
@@ -415,13 +316,15 @@ class StreamPlayer {
     }
   }
 
-  draw(image) {
-    if (this.canvas.width !== image.naturalWidth || this.canvas.height !== image.naturalHeight) {
-      this.canvas.width = image.naturalWidth;
-      this.canvas.height = image.naturalHeight;
+  /** Draws one frame: its cell of a block's sheet. */
+  draw(frame) {
+    if (this.canvas.width !== frame.width || this.canvas.height !== frame.height) {
+      this.canvas.width = frame.width;
+      this.canvas.height = frame.height;
     }
-    this.canvas.getContext("2d").drawImage(image, 0, 0);
-    this.drawn = image;
+    const { image, x, y, width, height } = frame;
+    this.canvas.getContext("2d").drawImage(image, x, y, width, height, 0, 0, width, height);
+    this.drawn = frame;
   }
 
   // --- status --------------------------------------------------------------------------------------
@@ -458,16 +361,20 @@ class StreamPlayer {
       case "live":
         return ["● live", blocks(), `${stream.streamed.toFixed(2)} s streamed`];
       case "interrupted":
-        return ["interrupted", blocks(), `${stream.streamed.toFixed(2)} s streamed`];
       case "failed":
-        return ["failed", blocks(), `${stream.streamed.toFixed(2)} s streamed`];
+        return [this.mode, `${stream.streamed.toFixed(2)} of ${stream.seconds ?? "?"} s streamed`, this.kept()];
       case "finished":
         return ["finished", blocks(), `${stream.streamed.toFixed(2)} s`];
       case "replay":
         return ["replay"];
       default: // result: a finished stream restored from the node's output
-        return [`stream of ${(this.result.frames.length / (this.result.fps ?? STREAM_DEFAULTS.fps)).toFixed(2)} s`];
+        return [`stream of ${this.result.seconds.toFixed(2)} s`];
     }
+  }
+
+  /** What is left of a stream that did not finish: its temp files, for replay; ComfyUI passes no output on. */
+  kept() {
+    return this.result ? "kept for replay only: no output goes to the next nodes" : "nothing to replay";
   }
 
   describePlayback(playback) {
@@ -487,7 +394,9 @@ function addInfoBox(node) {
   box.readOnly = true;
   box.className = "comfy-multiline-input";
   box.placeholder = "The detected model appears here once the loader has run.";
-  const widget = node.addDOMWidget("omniforcing_info", "omniforcing_info", box, { serialize: false, getMinHeight: () => 90 });
+  const widget = node.addDOMWidget("omniforcing_info", "omniforcing_info", box, {
+    serialize: false, canvasOnly: true, getMinHeight: () => 90,
+  });
   widget.serialize = false;
   node.omniforcingInfo = box;
 }
@@ -564,7 +473,10 @@ app.registerExtension({
     if (node.comfyClass !== SAMPLER) return;
     node.omniforcingPlayer = new StreamPlayer(node);
     const audio = audioWidget(node);
-    if (audio) audio.hidden = true; // shown once there is a whole stream to play
+    if (audio) {
+      audio.hidden = true; // shown once there is a whole stream to play
+      audio.options.canvasOnly = true; // a player, not an input: kept out of the properties panel
+    }
     // The sampler's progress bar carries each block's last frame for clients without this extension;
     // the frontend would draw it under the player as a second, still copy of the stream. Its prototype
     // onDrawBackground only draws such previews (the node has no image outputs), so skip it here.
