@@ -469,6 +469,9 @@ def test_server_definitions_match_what_ci_validates_against(comfy):
     assert sorted(templates["omniforcing"]) == sorted(TEMPLATES)
     for name in TEMPLATES:
         assert comfy.get(f"/api/workflow_templates/omniforcing/{name}.json") == load_template(name)
+        # The thumbnail the template browser asks for.
+        with urllib.request.urlopen(f"{comfy.url}/api/workflow_templates/omniforcing/{name}.jpg", timeout=30) as image:
+            assert image.headers["Content-Type"] == "image/jpeg" and image.read(3) == b"\xff\xd8\xff"
 
 
 @pytest.mark.parametrize("name", REAL_MODEL_TEMPLATES)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS = REPO / "workflows"
@@ -337,8 +338,13 @@ def test_the_template_browser_lists_exactly_the_four_templates():
     assert present == ["workflows"]
     # ComfyUI lists every *.json in the folder as a template, named by the file's stem.
     assert sorted(path.stem for path in WORKFLOWS.glob("*.json")) == sorted(TEMPLATES)
-    # Beside them only thumbnails, named after their template (benchmarks/thumbnails.py writes them).
-    assert all(path.suffix == ".jpg" and path.stem in TEMPLATES for path in WORKFLOWS.iterdir() if path.suffix != ".json")
+    # Beside them only thumbnails, named after their template (benchmarks/thumbnails.py writes the demo's,
+    # docs/template_cards.py the others'): the browser asks each template for <name>.jpg.
+    assert sorted(path.name for path in WORKFLOWS.iterdir() if path.suffix != ".json") == \
+        sorted(f"{name}.jpg" for name in TEMPLATES)
+    for name in TEMPLATES:
+        with Image.open(WORKFLOWS / f"{name}.jpg") as thumbnail:
+            assert thumbnail.format == "JPEG" and thumbnail.size == (384, 256)
     for name in TEMPLATES:
         workflow = load_template(name)
         # UI format (what the frontend saves), not an API prompt {"id": {"class_type": ...}}.
