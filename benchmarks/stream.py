@@ -6,7 +6,9 @@ Weights are random (speed does not depend on their values). Warm-up blocks run f
 and are reported apart (``warmup_s``); every steady-state number comes after them.
 On a GPU each block's denoise and decode are timed with a device sync at the block
 boundary; those syncs are the benchmark's own and are not counted in ``host_syncs``,
-which counts what the streaming code itself forces inside the block loop.
+which counts what the streaming code itself forces inside the block loop: one per block,
+where the block is handed over (its finiteness is read there, after its generation), and
+one per text context when the stream starts (their finiteness).
 """
 
 from __future__ import annotations

@@ -117,6 +117,9 @@ class StreamBlock:
     video: torch.Tensor  # [B, C, f, H/32, W/32]
     audio: torch.Tensor  # [B, t, C]
     decoded: DecodedBlock | None = None
+    # Whether every latent is finite, on the device: read where the block is handed over,
+    # so the generating loop itself never waits for the device.
+    finite: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def index(self) -> int:
@@ -206,9 +209,9 @@ class StreamingSampler:
         device = next(self.model.parameters()).device
         sync = (lambda: torch.cuda.synchronize(device)) if sync_device and device.type == "cuda" else None
         if decoder is None:
-            return generate() if timings is None else _timed(generate(), timings, sync)
+            return _handed_over(generate(), self.check_finite, timings, sync)
         blocks = _generated_ahead(generate, stop, device) if overlap_decode else generate()
-        return decode_blocks(blocks, decoder, num_blocks, timings, sync)
+        return decode_blocks(blocks, decoder, num_blocks, timings, sync, self.check_finite)
 
     def _generate(self, text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size, stopped) -> Iterator[StreamBlock]:
         param = next(self.model.parameters())
@@ -271,11 +274,9 @@ class StreamingSampler:
             if next_sigma > 0:
                 video_noise, audio_noise = draw(span, step + 1)
                 video, audio = renoise(video_x0, video_noise, next_sigma), renoise(audio_x0, audio_noise, next_sigma)
-        # Checked once per block (one device sync), before it reaches the cache or a decoder.
-        if not bool(torch.isfinite(video_x0).all() & torch.isfinite(audio_x0).all()):
-            raise NonFiniteBlockError(_non_finite_cause(self.model, span.index))
+        finite = torch.isfinite(video_x0).all() & torch.isfinite(audio_x0).all()
         if not write_context:
-            return StreamBlock(span, video_x0, audio_x0)
+            return StreamBlock(span, video_x0, audio_x0, finite=finite)
         context_sigma = float(self.settings.context_noise)
         context_video, context_audio = video_x0, audio_x0
         if context_sigma > 0:
@@ -286,7 +287,13 @@ class StreamingSampler:
         if stopped():
             return None
         self.model.forward_block(context_video, context_audio, context_sigma, block, cache.text)
-        return StreamBlock(span, video_x0, audio_x0)
+        return StreamBlock(span, video_x0, audio_x0, finite=finite)
+
+    def check_finite(self, block: StreamBlock) -> None:
+        """Stop a stream whose block came out NaN/Inf, naming the likely cause (one device sync:
+        the block is done by the time it is handed over)."""
+        if block.finite is not None and not bool(block.finite):
+            raise NonFiniteBlockError(_non_finite_cause(self.model, block.index))
 
 
 def _non_finite_cause(model: AVTransformer, block: int) -> str:
@@ -327,9 +334,11 @@ def _check_schedule(text: TextConditioning, schedule: Sequence[PromptSwitch], nu
 
 
 def decode_blocks(blocks: Iterable[StreamBlock], decoder: AVStreamDecoder, num_blocks: int | None,
-                  timings: list[BlockTiming] | None = None, sync: Callable[[], None] | None = None) -> Iterator[StreamBlock]:
+                  timings: list[BlockTiming] | None = None, sync: Callable[[], None] | None = None,
+                  check: Callable[[StreamBlock], None] | None = None) -> Iterator[StreamBlock]:
     """Decode latent blocks in order; the block with index ``num_blocks - 1`` ends the decode.
-    Closing this closes ``blocks`` when it is a stream (freeing its cache)."""
+    ``check`` sees each block before the decoder does. Closing this closes ``blocks`` when
+    it is a stream (freeing its cache)."""
     decoder.reset()
     latents = iter(blocks)
     try:
@@ -341,6 +350,8 @@ def decode_blocks(blocks: Iterable[StreamBlock], decoder: AVStreamDecoder, num_b
             if sync is not None:
                 sync()
             generated = time.perf_counter()
+            if check is not None:
+                check(block)
             final = num_blocks is not None and block.index == num_blocks - 1
             decoded = decoder.push(block.span, block.video, block.audio, final=final)
             if timings is not None:
@@ -351,8 +362,9 @@ def decode_blocks(blocks: Iterable[StreamBlock], decoder: AVStreamDecoder, num_b
             blocks.close()
 
 
-def _timed(blocks: Generator[StreamBlock, None, None], timings: list[BlockTiming],
-           sync: Callable[[], None] | None) -> Iterator[StreamBlock]:
+def _handed_over(blocks: Generator[StreamBlock, None, None], check: Callable[[StreamBlock], None],
+                 timings: list[BlockTiming] | None, sync: Callable[[], None] | None) -> Iterator[StreamBlock]:
+    """Latent blocks as they are handed over: checked, and timed when ``timings`` is given."""
     try:
         while True:
             started = time.perf_counter()
@@ -361,7 +373,9 @@ def _timed(blocks: Generator[StreamBlock, None, None], timings: list[BlockTiming
                 return
             if sync is not None:
                 sync()
-            timings.append(BlockTiming(time.perf_counter() - started))
+            check(block)
+            if timings is not None:
+                timings.append(BlockTiming(time.perf_counter() - started))
             yield block
     finally:
         blocks.close()
