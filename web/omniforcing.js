@@ -226,6 +226,8 @@ class StreamPlayer {
       if (whole) audio.element.src = viewURL(whole);
       else audio.element.removeAttribute("src");
       audio.hidden = !whole; // a hidden widget takes no room in the node
+      // The core hides an output node's audio element (this class) until an `audio` UI output arrives.
+      audio.element.classList.toggle("empty-audio-widget", !whole);
       this.node.setDirtyCanvas(true, true);
     }
     if (this.result && this.mode === "idle") {
