@@ -211,7 +211,7 @@ class StreamingSampler:
         if decoder is None:
             return _handed_over(generate(), self.check_finite, timings, sync)
         blocks = _generated_ahead(generate, stop, device) if overlap_decode else generate()
-        return decode_blocks(blocks, decoder, num_blocks, timings, sync, self.check_finite)
+        return decode_blocks(blocks, decoder, num_blocks, timings, sync, self.check_finite, stop)
 
     def _generate(self, text, num_blocks, grid_hw, policy, seed, schedule, noise, batch_size, stopped) -> Iterator[StreamBlock]:
         param = next(self.model.parameters())
@@ -335,10 +335,12 @@ def _check_schedule(text: TextConditioning, schedule: Sequence[PromptSwitch], nu
 
 def decode_blocks(blocks: Iterable[StreamBlock], decoder: AVStreamDecoder, num_blocks: int | None,
                   timings: list[BlockTiming] | None = None, sync: Callable[[], None] | None = None,
-                  check: Callable[[StreamBlock], None] | None = None) -> Iterator[StreamBlock]:
+                  check: Callable[[StreamBlock], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> Iterator[StreamBlock]:
     """Decode latent blocks in order; the block with index ``num_blocks - 1`` ends the decode.
-    ``check`` sees each block before the decoder does. Closing this closes ``blocks`` when
-    it is a stream (freeing its cache)."""
+    ``check`` sees each block before the decoder does; when ``should_stop`` answers True the
+    stream ends there (a block generated ahead is not decoded after an interrupt). Closing
+    this closes ``blocks`` when it is a stream (freeing its cache)."""
     decoder.reset()
     latents = iter(blocks)
     try:
@@ -352,6 +354,8 @@ def decode_blocks(blocks: Iterable[StreamBlock], decoder: AVStreamDecoder, num_b
             generated = time.perf_counter()
             if check is not None:
                 check(block)
+            if should_stop is not None and should_stop():
+                return
             final = num_blocks is not None and block.index == num_blocks - 1
             decoded = decoder.push(block.span, block.video, block.audio, final=final)
             if timings is not None:

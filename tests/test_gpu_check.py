@@ -10,9 +10,12 @@ def test_the_gpu_check_dry_run_measures_every_lever(capsys):
                            "--dtype", "float32"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     configs = {line["config"]: line for line in lines if "config" in line}
-    assert list(configs) == ["baseline", "realtime_3step", "fp8_weights", "fp8_gemm"]
+    assert list(configs) == ["baseline", "realtime_3step", "fp8_weights", "fp8_gemm", "capture"]
+    capture = configs["capture"]["compile"]
+    assert capture["mode"] == "eager" and capture["graphs_in_warmup"] >= 1 and capture["recompiles_in_timed_stream"] == 0
+    assert configs["baseline"]["compile"]["mode"] == "off"
     assert configs["realtime_3step"]["passes_per_block"] == 4 and configs["baseline"]["passes_per_block"] == 5
-    assert [configs[name]["fp8"] for name in configs] == ["off", "off", "weights", "gemm"]
+    assert [configs[name]["fp8"] for name in configs] == ["off", "off", "weights", "gemm", "off"]
     assert all(len(c["block_s"]["denoise"]) == 2 and "roofline" in c for c in configs.values())
     levers = {line["lever"]: line for line in lines if "lever" in line}
     assert set(levers) == {*gpu_check.LEVERS, *gpu_check.NOT_YET}

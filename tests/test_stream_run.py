@@ -135,3 +135,15 @@ def test_one_default_window_for_every_front_end():
 
     assert StreamRequest(None).settings.window_blocks == stream_run.DEFAULT_WINDOW_SECONDS == 4
     assert NodeStreamSettings.defaults().stream.window_blocks == stream_run.DEFAULT_WINDOW_SECONDS
+
+
+def test_a_block_already_generated_is_not_decoded_after_a_stop(pipeline):
+    # Asked before each of block 0's 5 passes, before its decode, before block 1's 5 passes,
+    # then before block 1's decode: the user's stop lands there, after block 1 was made.
+    asked = []
+    run = StreamRun(pipeline, request(pipeline, 4, decode=DecodeOptions(overlap=False)),
+                    should_stop=lambda: asked.append(1) or len(asked) >= 12)
+    push, pushed = run.decoder.push, []
+    run.decoder.push = lambda *args, **kwargs: pushed.append(1) or push(*args, **kwargs)
+    run.run()
+    assert len(asked) == 12 and pushed == [1] and run.end.describe() == "stopped after 1 of 4 blocks"
