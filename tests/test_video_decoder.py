@@ -361,3 +361,21 @@ def test_preview_fit_recovers_a_linear_colour_map():
     assert (fitted.weight - weight).abs().max() < 1e-3
     assert (fitted.bias - bias).abs().max() < 1e-3
     assert (fitted.rgb(latents) - truth.rgb(latents)).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_small_fp32_convs_run_on_onednn_and_equal_the_plain_conv(padding_mode):
+    from torch.profiler import profile
+
+    from omniforcing_core.decoders.video_vae import conv3d
+
+    conv = torch.nn.Conv3d(128, 128, 3, padding=(0, 1, 1), padding_mode=padding_mode).eval()
+    x = torch.randn(1, 128, 6, 10, 14)
+    with torch.no_grad(), profile() as run:
+        fast = conv3d(conv, x)
+    kernels = {event.key for event in run.key_averages()}
+    assert "aten::mkldnn_convolution" in kernels and "aten::slow_conv3d" not in kernels
+    with torch.no_grad():
+        assert (fast - conv(x)).abs().max() <= 1e-4
+    x.requires_grad_(True)
+    assert conv3d(conv, x).grad_fn is not None  # training keeps the plain conv and its gradients
