@@ -209,7 +209,7 @@ class StreamingSampler:
         device = next(self.model.parameters()).device
         sync = (lambda: torch.cuda.synchronize(device)) if sync_device and device.type == "cuda" else None
         if decoder is None:
-            return _handed_over(generate(), self.check_finite, timings, sync)
+            return _latents(generate(), self.check_finite, timings, sync)
         blocks = _generated_ahead(generate, stop, device) if overlap_decode else generate()
         return decode_blocks(blocks, decoder, num_blocks, timings, sync, self.check_finite, stop)
 
@@ -342,6 +342,31 @@ def decode_blocks(blocks: Iterable[StreamBlock], decoder: AVStreamDecoder, num_b
     stream ends there (a block generated ahead is not decoded after an interrupt). Closing
     this closes ``blocks`` when it is a stream (freeing its cache)."""
     decoder.reset()
+    with contextlib.closing(_handed_over(blocks, check, sync)) as handed:
+        for block, waited_s in handed:
+            if should_stop is not None and should_stop():
+                return
+            started = time.perf_counter()
+            final = num_blocks is not None and block.index == num_blocks - 1
+            decoded = decoder.push(block.span, block.video, block.audio, final=final)
+            if timings is not None:
+                timings.append(BlockTiming(waited_s, time.perf_counter() - started))
+            yield StreamBlock(block.span, block.video, block.audio, decoded)
+
+
+def _latents(blocks: Iterable[StreamBlock], check: Callable[[StreamBlock], None],
+             timings: list[BlockTiming] | None, sync: Callable[[], None] | None) -> Iterator[StreamBlock]:
+    """Latent blocks as they are handed over, with no decoder."""
+    with contextlib.closing(_handed_over(blocks, check, sync)) as handed:
+        for block, waited_s in handed:
+            if timings is not None:
+                timings.append(BlockTiming(waited_s))
+            yield block
+
+
+def _handed_over(blocks: Iterable[StreamBlock], check: Callable[[StreamBlock], None] | None,
+                 sync: Callable[[], None] | None) -> Iterator[tuple[StreamBlock, float]]:
+    """Each block as it is handed over, checked, with the seconds spent waiting for it."""
     latents = iter(blocks)
     try:
         while True:
@@ -351,38 +376,12 @@ def decode_blocks(blocks: Iterable[StreamBlock], decoder: AVStreamDecoder, num_b
                 return
             if sync is not None:
                 sync()
-            generated = time.perf_counter()
             if check is not None:
                 check(block)
-            if should_stop is not None and should_stop():
-                return
-            final = num_blocks is not None and block.index == num_blocks - 1
-            decoded = decoder.push(block.span, block.video, block.audio, final=final)
-            if timings is not None:
-                timings.append(BlockTiming(generated - started, time.perf_counter() - generated))
-            yield StreamBlock(block.span, block.video, block.audio, decoded)
+            yield block, time.perf_counter() - started
     finally:
         if isinstance(blocks, Generator):
             blocks.close()
-
-
-def _handed_over(blocks: Generator[StreamBlock, None, None], check: Callable[[StreamBlock], None],
-                 timings: list[BlockTiming] | None, sync: Callable[[], None] | None) -> Iterator[StreamBlock]:
-    """Latent blocks as they are handed over: checked, and timed when ``timings`` is given."""
-    try:
-        while True:
-            started = time.perf_counter()
-            block = next(blocks, None)
-            if block is None:
-                return
-            if sync is not None:
-                sync()
-            check(block)
-            if timings is not None:
-                timings.append(BlockTiming(time.perf_counter() - started))
-            yield block
-    finally:
-        blocks.close()
 
 
 _DONE = object()
