@@ -115,11 +115,6 @@ class OmniForcingStreamingSampler:
         settings = settings or NodeStreamSettings.defaults()
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
-        late = [change.second for change in prompt_schedule if change.second >= seconds]
-        if late:
-            raise ValueError(f"the prompt schedule switches at second {', '.join(map(str, late))}, but the stream is "
-                             f"{seconds} s long (seconds 0 to {seconds - 1}): set at_second below {seconds} or stream "
-                             "longer")
         pipeline = model.pipeline
         to_text = lambda conditioning: conditioning_to_text(conditioning, pipeline.caption_channels, model.demo)  # noqa: E731
         preview = decode == "fast preview"

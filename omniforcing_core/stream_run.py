@@ -210,6 +210,11 @@ class StreamRun:
         check_resolution(r.height, r.width)
         self.blocks_total = layout.num_blocks(r.seconds)
         self.frames_total = layout.frame_count(r.seconds)
+        late = [p.second for p in r.prompts if p.second >= r.seconds]
+        if late:
+            raise StreamSettingsError(
+                f"the prompt schedule switches at second {', '.join(map(str, late))}, but the stream is {r.seconds} s "
+                f"long (seconds 0 to {r.seconds - 1}): set at_second below {r.seconds} or stream longer")
         switches = [PromptSwitch(layout.block_at_second(p.second), p.text, blend_blocks=p.blend_seconds) for p in r.prompts]
         self.sampler = pipeline.sampler(r.settings)
         self.decoder = None

@@ -11,7 +11,7 @@ from omniforcing_core import AVTransformer, BlockLayout, ModelConfig, StreamPipe
 from omniforcing_core import stream_run
 from omniforcing_core.decoders.video_stream import exact_lookahead_latents
 from omniforcing_core.demo import tiny_decoders
-from omniforcing_core.layout import LayoutError
+from omniforcing_core.sampler import StreamSettingsError
 from omniforcing_core.stream_run import DecodeOptions, PromptAt, StreamMemoryError, StreamRequest, StreamRun
 
 HEIGHT, WIDTH = 64, 96
@@ -102,7 +102,7 @@ def test_prompts_switch_at_their_second_through_the_layout(pipeline):
     plain.run(), switched.run()
     (a, _), (b, _) = plain.outputs.latents(), switched.outputs.latents()
     assert torch.equal(a[:, :, :7], b[:, :, :7]) and (a[:, :, 7:] - b[:, :, 7:]).abs().max() > 1e-4
-    with pytest.raises(LayoutError, match="past the stream's last block"):
+    with pytest.raises(StreamSettingsError, match=r"switches at second 3, but the stream is 3 s long \(seconds 0 to 2\)"):
         StreamRun(pipeline, request(pipeline, 3, prompts=(PromptAt(3, other),)))
 
 
