@@ -14,7 +14,7 @@ from omniforcing_core import (
     WindowPolicy,
     block_causal_masks,
 )
-from omniforcing_core.attention import KINDS
+from omniforcing_core.attention import AUDIO_SELF, KINDS, VIDEO_SELF
 from omniforcing_core.rope import time_shift_rotation, video_table
 
 GRID = (2, 3)  # 64 x 96 pixels: 6 tokens per video latent frame
@@ -80,7 +80,7 @@ def test_cache_reproduces_the_masked_full_forward(layout, sinks):
 
     def corrupt_block_zero(cache, span):
         if span.index == 2:
-            cache.buffers["video_self"][:, 0, :, :, :GRID[0] * GRID[1]] += 1.0
+            cache.buffers[VIDEO_SELF.name][:, 0, :, :, :GRID[0] * GRID[1]] += 1.0
 
     corrupted = case.streamed(before_block=corrupt_block_zero)
     assert max_block_error(layout, num_blocks, full, corrupted) > 1e-3
@@ -412,11 +412,11 @@ def test_the_last_block_of_a_finite_stream_skips_its_context_pass(monkeypatch):
 def _block_keys(cache, kind, span):
     """Block ``span``'s cached keys of one self-attention kind: [layers, batch, heads, tokens, dim]."""
     placement = cache.placement(span)
-    if kind == "video_self":
+    if kind is VIDEO_SELF:
         offset, count = placement.video_offset, span.video_frames * cache.tokens_per_frame
     else:
         offset, count = placement.audio_offset, span.audio_frames
-    return cache.buffers[kind][:, 0, :, :, offset:offset + count]
+    return cache.buffers[kind.name][:, 0, :, :, offset:offset + count]
 
 
 def _rebased_errors(model, dtype):
@@ -461,7 +461,7 @@ def _rebased_errors(model, dtype):
                              (audio_out.float() - full_audio[:, last.audio_start:].float()).abs().max().item())
             keys[k] = max((_block_keys(rebased, kind, span).float()
                            - _block_keys(fresh, kind, layout.block(i)).float()).abs().max().item()
-                          for kind in ("video_self", "audio_self") for i, span in enumerate(spans))
+                          for kind in (VIDEO_SELF, AUDIO_SELF) for i, span in enumerate(spans))
     return outputs, keys
 
 
