@@ -1,13 +1,14 @@
-"""Template thumbnails from real frames of the built-in demo model.
+"""The templates' thumbnails: the demo's from real frames of the built-in demo model, title
+cards for the templates that need the LTX-2 files.
 
-    python -m benchmarks.thumbnails                  # writes workflows/omniforcing_demo.jpg
+    python -m benchmarks.thumbnails                  # writes workflows/<template>.jpg
     python -m benchmarks.thumbnails --out /tmp/thumbs --seconds 2
 
-ComfyUI's template browser shows ``<template>.jpg`` beside ``<template>.json``. This streams
+ComfyUI's template browser asks for ``<template>.jpg`` beside ``<template>.json``. This streams
 the demo template as it is saved (its prompt, size, length and seed, read from the JSON),
-takes frames spread over the stream and tiles them into one JPEG. Run it again whenever
-the demo's files change. The real-model templates get no thumbnail from here: their
-pictures would have to come from LTX-2 itself.
+takes frames spread over the stream and tiles them into one JPEG; run it again whenever the
+demo's files change. The real-model templates' pictures would need the 19B model: they get a
+title card that says what the template makes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from omniforcing_core.checkpoint import load_prompt_encoder
 from omniforcing_core.demo_model import DEMO_BASE, demo_path
@@ -57,6 +58,51 @@ def tile(frames: torch.Tensor, columns: int = TILES[0], rows: int = TILES[1]) ->
     return Image.fromarray(grid)
 
 
+# The templates that need LTX-2 files get title cards: without the 19B model there is no frame
+# of their stream to show, so the card says what the template makes.
+CARD_SIZE = (384, 256)  # as the demo's thumbnail
+CARDS = {
+    "omniforcing_t2av_5s": ("Text to audio + video", ["LTX-2 19B, streamed", "5 s at 512x768, quality 4-step",
+                                                      "needs the LTX-2 files (see the note)"]),
+    "omniforcing_realtime_3step": ("Real-time preset", ["LTX-2 19B, 3 steps per block", "faster, a little less quality",
+                                                        "needs the LTX-2 files (see the note)"]),
+    "omniforcing_long_stream_60s": ("60 s stream", ["8 s rolling window, rebased positions",
+                                                   "prompt switch at 30 s, blended over 2 s",
+                                                   "needs the LTX-2 files (see the note)"]),
+}
+
+
+def font(size: int, bold: bool = False):
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    try:
+        return ImageFont.truetype(name, size)
+    except OSError:
+        return ImageFont.load_default(size)
+
+
+def card(title: str, lines: list[str]) -> Image.Image:
+    image = Image.new("RGB", CARD_SIZE, (18, 20, 28))
+    draw = ImageDraw.Draw(image)
+    # A strip of one-second blocks, the way the stream arrives.
+    for n in range(6):
+        shade = 60 + 25 * n
+        draw.rounded_rectangle((24 + n * 57, 28, 24 + n * 57 + 50, 78), radius=6, fill=(shade // 2, shade // 2, shade))
+    draw.text((24, 100), "OmniForcing", font=font(15), fill=(150, 160, 190))
+    draw.text((24, 122), title, font=font(26, bold=True), fill=(240, 240, 245))
+    for n, line in enumerate(lines):
+        draw.text((24, 166 + 22 * n), line, font=font(15), fill=(190, 195, 210))
+    return image
+
+
+def render_title_cards(out_dir: Path = WORKFLOWS) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (title, lines) in CARDS.items():
+        card(title, lines).save(out_dir / f"{name}.jpg", quality=90)
+        paths.append(out_dir / f"{name}.jpg")
+    return paths
+
+
 def render_thumbnail(out_dir: Path = WORKFLOWS, seconds: int | None = None) -> Path:
     template = json.loads((WORKFLOWS / f"{DEMO_TEMPLATE}.json").read_text(encoding="utf-8"))
     settings = template_stream(template)
@@ -74,7 +120,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=WORKFLOWS, help="folder for the .jpg (default: workflows/)")
     parser.add_argument("--seconds", type=int, help="stream length (default: the template's)")
     args = parser.parse_args(argv)
-    print(f"wrote {render_thumbnail(args.out, args.seconds)}")
+    for path in (render_thumbnail(args.out, args.seconds), *render_title_cards(args.out)):
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -177,9 +177,14 @@ def test_tile_takes_frames_spread_over_the_stream():
 def test_the_demo_template_thumbnail_is_rendered_from_a_demo_stream(use_stand_in_demo, tmp_path, capsys):
     thumbnails.main(["--out", str(tmp_path), "--seconds", "1"])
     path = tmp_path / "omniforcing_demo.jpg"
-    assert capsys.readouterr().out.strip() == f"wrote {path}"
+    cards = [tmp_path / f"{name}.jpg" for name in thumbnails.CARDS]
+    assert capsys.readouterr().out.splitlines() == [f"wrote {p}" for p in (path, *cards)]
     with Image.open(path) as image:
         assert (image.format, image.size) == ("JPEG", (2 * DEMO_WIDTH, 2 * DEMO_HEIGHT))
+    for card in cards:  # the shipped cards are these
+        with Image.open(card) as made, Image.open(thumbnails.WORKFLOWS / card.name) as shipped:
+            assert made.size == shipped.size == thumbnails.CARD_SIZE
+            assert np.abs(np.asarray(made, np.int16) - np.asarray(shipped, np.int16)).max() <= 2
     assert thumbnails.template_stream(json.loads((thumbnails.WORKFLOWS / "omniforcing_demo.json").read_text())) == {
         "prompt": DEMO_PROMPT, "width": DEMO_WIDTH, "height": DEMO_HEIGHT, "seconds": 5, "seed": 42}
 

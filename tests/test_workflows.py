@@ -338,8 +338,8 @@ def test_the_template_browser_lists_exactly_the_four_templates():
     assert present == ["workflows"]
     # ComfyUI lists every *.json in the folder as a template, named by the file's stem.
     assert sorted(path.stem for path in WORKFLOWS.glob("*.json")) == sorted(TEMPLATES)
-    # Beside them only thumbnails, named after their template (benchmarks/thumbnails.py writes the demo's,
-    # docs/template_cards.py the others'): the browser asks each template for <name>.jpg.
+    # Beside them only thumbnails, named after their template (benchmarks/thumbnails.py writes the demo's
+    # from its stream and the others' title cards): the browser asks each template for <name>.jpg.
     assert sorted(path.name for path in WORKFLOWS.iterdir() if path.suffix != ".json") == \
         sorted(f"{name}.jpg" for name in TEMPLATES)
     for name in TEMPLATES:
