@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from omniforcing_core import TextConditioning
 from omniforcing_core.conditioning import ConditioningError
 from omniforcing_core.layout import VIDEO_FPS

@@ -8,7 +8,6 @@ once (``StreamOutputs``) and says how the stream ended (``StreamEnd``).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
