@@ -80,6 +80,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     baseline = measure(args, [])
     lines.append({"config": "baseline", **baseline})
     for name, (extra, _) in LEVERS.items():
+        if time.perf_counter() - started > args.budget_s:
+            lines.append({"lever": name, "available": False, "why": f"not run: past the {args.budget_s} s budget"})
+            continue
         if name == "fp8_gemm" and not fp8_gemm_available(args.device):
             lines.append({"lever": name, "available": False, "why": "this device has no fp8 GEMM"})
             continue
@@ -109,6 +112,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--no-tests", dest="tests", action="store_false", help="skip pytest -m cuda")
+    parser.add_argument("--budget-s", type=float, default=360.0,
+                        help="start no lever after this many seconds (the whole check must fit in 8 minutes)")
     return parser.parse_args(argv)
 
 

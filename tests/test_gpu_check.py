@@ -22,3 +22,12 @@ def test_the_gpu_check_dry_run_measures_every_lever(capsys):
     assert all(isinstance(levers[name]["fps_ratio"], float) for name in gpu_check.LEVERS)
     assert all(levers[name]["available"] is False for name in gpu_check.NOT_YET)
     assert lines[-1]["check"] == "done"
+
+
+def test_levers_past_the_budget_are_reported_not_run(capsys):
+    assert gpu_check.main(["--preset", "tiny", "--blocks", "2", "--device", "cpu", "--dtype", "float32",
+                           "--budget-s", "0"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["config"] for line in lines if "config" in line] == ["baseline"]
+    skipped = [line["lever"] for line in lines if line.get("why", "").startswith("not run: past the 0.0 s budget")]
+    assert skipped == list(gpu_check.LEVERS)
