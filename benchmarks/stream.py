@@ -46,6 +46,7 @@ from omniforcing_core.kv_cache import POSITION_MODES
 from omniforcing_core.pipeline import stream_decoder_dtypes
 from omniforcing_core.layout import LAYOUT_NAMES, latent_grid
 from omniforcing_core.schedule import PRESETS as SCHEDULES
+from omniforcing_core.transformer import use_two_streams
 from benchmarks.roofline import block_costs, gemm_peak_flops
 from omniforcing_core.stream_run import DEFAULT_WINDOW_SECONDS, DecodeOptions, StreamRequest, StreamRun, default_settings
 
@@ -241,6 +242,8 @@ def run(args: argparse.Namespace) -> dict:
     seconds = seconds_for_blocks(layout, args.blocks)
     decoder_dtype = getattr(torch, args.decoder_dtype) if args.decoder_dtype else None
     pipeline = random_pipeline(args.preset, layout, device, dtype, args.seed, decoder_dtype, args.fp8)
+    if args.two_streams:
+        use_two_streams(pipeline.transformer, True)
     if args.compile != "off":
         backend, mode = COMPILE_MODES[args.compile]
         capture_block_loop(pipeline.transformer, backend, mode)
@@ -303,6 +306,7 @@ def run(args: argparse.Namespace) -> dict:
         "device": str(device),
         "dtype": args.dtype,
         "fp8": args.fp8,
+        "two_streams": args.two_streams,
         "resolution": [height, width],
         "layout": layout.name,
         "blocks": args.blocks,
@@ -400,6 +404,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "omniforcing_core.pipeline.stream_decoder_dtypes)")
     parser.add_argument("--compile", choices=list(COMPILE_MODES), default="off",
                         help="capture the block loop: dynamo only (eager), inductor, or inductor with CUDA graphs")
+    parser.add_argument("--two-streams", action="store_true",
+                        help="each layer's audio part on a second CUDA stream beside the video's (GPU only)")
     parser.add_argument("--fp8", choices=("off", "weights", "gemm"), default="off",
                         help="block linears in fp8: stored and upcast per call, or as fp8 x fp8 GEMMs")
     parser.add_argument("--threads", type=int, help="CPU intra-op threads")

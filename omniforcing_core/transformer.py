@@ -186,6 +186,7 @@ class AVTransformerLayer(nn.Module):
         self.video_to_audio_attn = Attention(ad, vd, config.audio_heads, config.audio_head_dim, eps)
         self.scale_shift_table_a2v_ca_audio = nn.Parameter(torch.randn(5, ad) / ad**0.5)
         self.scale_shift_table_a2v_ca_video = nn.Parameter(torch.randn(5, vd) / vd**0.5)
+        self.audio_stream: torch.cuda.Stream | None = None  # see use_two_streams
 
     @staticmethod
     def _values(table: torch.Tensor, modulation: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -212,19 +213,23 @@ class AVTransformerLayer(nn.Module):
             self.audio_scale_shift_table, mod.audio
         )
 
-        normed = rms_norm(vx, eps) * (1 + v_scale) + v_shift
-        q = self.attn1.query(normed, rope.video_self)
-        k, v = self.attn1.key_value(normed, rope.video_self)
-        vx = vx + self.attn1.output(router.attend(VIDEO_SELF, index, q, k, v)) * v_gate
-        vx = vx + self._text_attention(self.attn2, vx, *text.keys_values("video", index, self.attn2), text.mask)
+        def video_attention(vx: torch.Tensor) -> torch.Tensor:
+            normed = rms_norm(vx, eps) * (1 + v_scale) + v_shift
+            q = self.attn1.query(normed, rope.video_self)
+            k, v = self.attn1.key_value(normed, rope.video_self)
+            vx = vx + self.attn1.output(router.attend(VIDEO_SELF, index, q, k, v)) * v_gate
+            return vx + self._text_attention(self.attn2, vx, *text.keys_values("video", index, self.attn2), text.mask)
 
-        normed = rms_norm(ax, eps) * (1 + a_scale) + a_shift
-        q = self.audio_attn1.query(normed, rope.audio_self)
-        k, v = self.audio_attn1.key_value(normed, rope.audio_self)
-        ax = ax + self.audio_attn1.output(router.attend(AUDIO_SELF, index, q, k, v)) * a_gate
-        ax = ax + self._text_attention(
-            self.audio_attn2, ax, *text.keys_values("audio", index, self.audio_attn2), text.mask
-        )
+        def audio_attention(ax: torch.Tensor) -> torch.Tensor:
+            normed = rms_norm(ax, eps) * (1 + a_scale) + a_shift
+            q = self.audio_attn1.query(normed, rope.audio_self)
+            k, v = self.audio_attn1.key_value(normed, rope.audio_self)
+            ax = ax + self.audio_attn1.output(router.attend(AUDIO_SELF, index, q, k, v)) * a_gate
+            return ax + self._text_attention(
+                self.audio_attn2, ax, *text.keys_values("audio", index, self.audio_attn2), text.mask
+            )
+
+        vx, ax = self._side_by_side(video_attention, vx, audio_attention, ax)
 
         # Cross-modal rows: scale/shift for a2v, then for v2a, then the gate.
         video_ca = self._values(self.scale_shift_table_a2v_ca_video[:4], mod.video_cross)
@@ -245,9 +250,38 @@ class AVTransformerLayer(nn.Module):
         vx = vx + a2v * v_gate_a2v
         ax = ax + v2a * a_gate_v2a
 
-        vx = vx + self.ff(rms_norm(vx, eps) * (1 + v_scale_ff) + v_shift_ff) * v_gate_ff
-        ax = ax + self.audio_ff(rms_norm(ax, eps) * (1 + a_scale_ff) + a_shift_ff) * a_gate_ff
+        return self._side_by_side(
+            lambda vx: vx + self.ff(rms_norm(vx, eps) * (1 + v_scale_ff) + v_shift_ff) * v_gate_ff, vx,
+            lambda ax: ax + self.audio_ff(rms_norm(ax, eps) * (1 + a_scale_ff) + a_shift_ff) * a_gate_ff, ax,
+        )
+
+    def _side_by_side(self, video_fn, vx: torch.Tensor, audio_fn, ax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two streams' independent parts of the layer: one after the other, or with
+        ``audio_stream`` set (``use_two_streams``), the audio part on that CUDA stream while
+        the video part runs on the current one."""
+        side = self.audio_stream
+        if side is None:
+            return video_fn(vx), audio_fn(ax)
+        main = torch.cuda.current_stream(vx.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            ax = audio_fn(ax)
+        vx = video_fn(vx)
+        main.wait_stream(side)
+        ax.record_stream(main)
         return vx, ax
+
+
+def use_two_streams(model: "AVTransformer", on: bool) -> None:
+    """Run each layer's audio self/text attention and feed-forward on a second CUDA stream,
+    beside the video's (they only meet in the cross-modal attention). A GPU lever: the
+    audio side is small, so on a GPU the video's kernels hide it; off on the CPU."""
+    device = next(model.parameters()).device
+    if on and device.type != "cuda":
+        raise ValueError(f"two CUDA streams need the model on a GPU; it is on {device}")
+    side = torch.cuda.Stream(device) if on else None
+    for layer in model.transformer_blocks:
+        layer.audio_stream = side
 
 
 class AVTransformer(nn.Module):

@@ -7,12 +7,14 @@ from benchmarks.stream import random_pipeline
 from helpers import random_text
 from omniforcing_core import BlockLayout
 from omniforcing_core.stream_run import DecodeOptions, StreamRequest, StreamRun
+from omniforcing_core.transformer import use_two_streams
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
-def _stream(fp8="off", overlap=False, seconds=3):
+def _stream(fp8="off", overlap=False, seconds=3, two_streams=False):
     pipeline = random_pipeline("tiny", BlockLayout.released(), torch.device("cuda"), torch.bfloat16, 0, fp8=fp8)
+    use_two_streams(pipeline.transformer, two_streams)
     text = random_text(pipeline.transformer.config).to("cuda")
     text = type(text)(text.video.bfloat16(), text.audio.bfloat16())
     run = StreamRun(pipeline, StreamRequest(text, seconds, 64, 96, 1, decode=DecodeOptions(overlap=overlap)))
@@ -31,3 +33,9 @@ def test_fp8_gemms_run_on_this_gpu_and_stay_close_to_the_upcast_weights():
     upcast, gemm = _stream("weights"), _stream("gemm")
     a, b = upcast.outputs.latents()[0].float(), gemm.outputs.latents()[0].float()
     assert torch.isfinite(b).all() and (a - b).norm() / a.norm() < 0.2
+
+
+def test_the_audio_side_on_its_own_cuda_stream_gives_the_same_stream():
+    one, two = _stream(), _stream(two_streams=True)
+    assert torch.equal(one.outputs.latents()[0], two.outputs.latents()[0])
+    assert torch.equal(one.outputs.latents()[1], two.outputs.latents()[1])

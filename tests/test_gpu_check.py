@@ -18,9 +18,9 @@ def test_the_gpu_check_dry_run_measures_every_lever(capsys):
     assert [configs[name]["fp8"] for name in configs] == ["off", "off", "weights", "gemm", "off"]
     assert all(len(c["block_s"]["denoise"]) == 2 and "roofline" in c for c in configs.values())
     levers = {line["lever"]: line for line in lines if "lever" in line}
-    assert set(levers) == {*gpu_check.LEVERS, *gpu_check.NOT_YET}
-    assert all(isinstance(levers[name]["fps_ratio"], float) for name in gpu_check.LEVERS)
-    assert all(levers[name]["available"] is False for name in gpu_check.NOT_YET)
+    assert set(levers) == set(gpu_check.LEVERS)
+    assert levers["two_streams"] == {"lever": "two_streams", "available": False, "why": "CUDA streams need a GPU"}
+    assert all(isinstance(levers[name]["fps_ratio"], float) for name in gpu_check.LEVERS if name != "two_streams")
     assert lines[-1]["check"] == "done"
 
 

@@ -97,3 +97,13 @@ def test_sink_count_outside_the_weights_is_refused():
     model = random_model(ModelConfig.tiny(audio_sink_tokens=2))
     with pytest.raises(ValueError, match="0 to 2 of them, not 5"):
         model.check_sink_count(5)
+
+
+def test_two_cuda_streams_are_refused_for_a_model_on_the_cpu():
+    from omniforcing_core.transformer import use_two_streams
+
+    model = random_model()
+    with pytest.raises(ValueError, match="two CUDA streams need the model on a GPU; it is on cpu"):
+        use_two_streams(model, True)
+    use_two_streams(model, False)
+    assert all(layer.audio_stream is None for layer in model.transformer_blocks)
