@@ -206,3 +206,19 @@ def test_the_world_s_shapes_and_tones_are_the_foreground_the_losses_weigh_up():
     foreground[:10] = 1.0
     on, off = C.foreground_weighted(foreground, foreground, 10.0), C.foreground_weighted(torch.roll(foreground, 50), foreground, 10.0)
     assert on.item() == pytest.approx(11.0 * off.item())
+
+
+def test_a_wider_decoder_starts_fresh_against_the_frozen_encoder(tmp_path):
+    config = write_config(tmp_path, video_decoder_steps=2, audio_decoder_steps=0, video_decoder_lr=3e-3, warmup=1)
+    out = tmp_path / "run"
+    assert main(["codecs", "--config", str(config), "--out", str(out)]) == 0
+    before_encoders, before_decoders = load_encoders(out / C.BASE_FILE), load_decoders(out / C.BASE_FILE)
+    wider = write_config(tmp_path, video_decoder_steps=2, audio_decoder_steps=0, video_decoder_lr=3e-3, warmup=1,
+                         video_decoder_channels=2 * SMALL["video_decoder_channels"])
+    assert main(["codecs-finetune", "--config", str(wider), "--out", str(out)]) == 0
+    after_encoders, after_decoders = load_encoders(out / C.BASE_FILE), load_decoders(out / C.BASE_FILE)
+    assert after_decoders.video_vae.config.decoder_base_channels == 2 * SMALL["video_decoder_channels"]
+    assert torch.equal(after_decoders.video_vae.per_channel_statistics.get_buffer("std-of-means"),
+                       before_decoders.video_vae.per_channel_statistics.get_buffer("std-of-means"))
+    for a, b in zip(before_encoders.video_encoder.state_dict().values(), after_encoders.video_encoder.state_dict().values()):
+        assert torch.equal(a, b)

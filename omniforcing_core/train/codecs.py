@@ -732,8 +732,19 @@ def run_finetune_decoders(config: TrainConfig, out: Path, *, log: bool = True) -
         shutil.copyfile(path, original)
     loaded = load_codecs(original)
     codecs = new_codecs(s)
-    for name in ("video_encoder", "video_vae", "audio_encoder", "audio_vae", "vocoder"):
+    for name in ("video_encoder", "audio_encoder", "vocoder"):
         getattr(codecs, name).load_state_dict(getattr(loaded, name).state_dict())
+    for name in ("video_vae", "audio_vae"):
+        ours, theirs = getattr(codecs, name), getattr(loaded, name)
+        if ours.decoder.state_dict().keys() == theirs.decoder.state_dict().keys() and all(
+                a.shape == b.shape for a, b in zip(ours.decoder.state_dict().values(), theirs.decoder.state_dict().values())):
+            ours.load_state_dict(theirs.state_dict())
+        else:
+            # A decoder of another width starts fresh; the statistics stay the file's, so the
+            # latents the transformer learned keep their meaning.
+            ours.per_channel_statistics.load_state_dict(theirs.per_channel_statistics.state_dict())
+            if log:
+                print(f"[codecs-finetune] {name}: a fresh decoder of the configured width", file=sys.stderr, flush=True)
     codecs.video_encoder.requires_grad_(False)
     codecs.audio_encoder.requires_grad_(False)
     timings = {}
