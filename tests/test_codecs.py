@@ -214,7 +214,7 @@ def test_a_wider_decoder_starts_fresh_against_the_frozen_encoder(tmp_path):
     assert main(["codecs", "--config", str(config), "--out", str(out)]) == 0
     before_encoders, before_decoders = load_encoders(out / C.BASE_FILE), load_decoders(out / C.BASE_FILE)
     wider = write_config(tmp_path, video_decoder_steps=2, audio_decoder_steps=0, video_decoder_lr=3e-3, warmup=1,
-                         video_decoder_channels=2 * SMALL["video_decoder_channels"])
+                         video_decoder_finetune_channels=2 * SMALL["video_decoder_channels"])
     assert main(["codecs-finetune", "--config", str(wider), "--out", str(out)]) == 0
     after_encoders, after_decoders = load_encoders(out / C.BASE_FILE), load_decoders(out / C.BASE_FILE)
     assert after_decoders.video_vae.config.decoder_base_channels == 2 * SMALL["video_decoder_channels"]

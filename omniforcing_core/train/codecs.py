@@ -34,7 +34,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -129,6 +129,9 @@ class CodecsSection:
     # latents a transformer already learned keep their meaning.
     video_decoder_steps: int = 0
     video_decoder_lr: float = 3e-4
+    # The fine-tuned video decoder's base width (0: the trained one's). Another width starts a
+    # fresh decoder against the frozen encoder.
+    video_decoder_finetune_channels: int = 0
     audio_decoder_steps: int = 0
     audio_decoder_lr: float = 1e-4
     warmup: int = 100
@@ -731,6 +734,8 @@ def run_finetune_decoders(config: TrainConfig, out: Path, *, log: bool = True) -
     if not original.exists():
         shutil.copyfile(path, original)
     loaded = load_codecs(original)
+    if s.video_decoder_finetune_channels:
+        s = replace(s, video_decoder_channels=s.video_decoder_finetune_channels)
     codecs = new_codecs(s)
     for name in ("video_encoder", "audio_encoder", "vocoder"):
         getattr(codecs, name).load_state_dict(getattr(loaded, name).state_dict())
