@@ -41,6 +41,7 @@ from torch._dynamo.utils import counters as dynamo_counters
 
 from omniforcing_core.capture import capture_block_loop
 from omniforcing_core.checkpoint.fp8 import FP8_DTYPES, set_fp8_gemm, swap_in_fp8_linears
+from omniforcing_core.checkpoint.keys import block_linear_names
 from omniforcing_core.demo import randomize_
 from omniforcing_core.kv_cache import POSITION_MODES
 from omniforcing_core.pipeline import stream_decoder_dtypes
@@ -77,8 +78,7 @@ def random_transformer(config: ModelConfig, device: torch.device, dtype: torch.d
         return random_module(lambda: AVTransformer(config), device, dtype, seed)
     with torch.device("meta"):
         model = AVTransformer(config)
-    linears = {name: torch.float8_e4m3fn for name, module in model.named_modules()
-               if name.startswith("transformer_blocks.") and isinstance(module, torch.nn.Linear)}
+    linears = {name.removesuffix(".weight"): torch.float8_e4m3fn for name in block_linear_names(model)}
     swap_in_fp8_linears(model, linears, dtype)
     model = model.to_empty(device=device)
     for tensor in (*model.parameters(), *model.buffers()):

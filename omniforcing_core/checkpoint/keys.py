@@ -145,6 +145,11 @@ def linear_weight_names(model: torch.nn.Module) -> set[str]:
     return {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
 
 
+def block_linear_names(model: torch.nn.Module) -> set[str]:
+    """Bare keys of the transformer blocks' nn.Linear weights: what ``fp8_weights`` stores in fp8."""
+    return {name for name in linear_weight_names(model) if BLOCK_KEY.match(name)}
+
+
 # Strangers -------------------------------------------------------------------------
 
 _FINGERPRINTS = (

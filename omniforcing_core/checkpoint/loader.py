@@ -40,14 +40,13 @@ from .detect import (
 from .fp8 import FP8_DTYPES, swap_in_fp8_linears
 from .keys import (
     BASE_PREFIX,
-    BLOCK_KEY,
     LAYOUT_METADATA,
     SINK_KEY,
     KeyClassification,
     block_indices,
+    block_linear_names,
     classify_keys,
     find_transformer_prefix,
-    linear_weight_names,
     summarize_names,
 )
 from .materialize import TensorRead, assign_tensor, materialize, tensor_shapes
@@ -275,7 +274,7 @@ def _plan(
     with torch.device("meta"):
         model = AVTransformer(config)
     expected = tensor_shapes(model)
-    linears = linear_weight_names(model)
+    block_linears = block_linear_names(model)
     missing = [name for name in expected if name not in owner]
     if missing:
         raise CheckpointError(
@@ -307,7 +306,7 @@ def _plan(
         report.sources[name] = source.role
         if info.dtype in FP8_DTYPES:
             (fp8_scaled if scale_key is not None else fp8_unscaled)[source.role].append(name)
-        block_linear = name in linears and BLOCK_KEY.match(name)
+        block_linear = name in block_linears
         if info.dtype in FP8_DTYPES and block_linear:
             layer = name.removesuffix(".weight")
             report.fp8_layers.append(layer)
