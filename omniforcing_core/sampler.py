@@ -248,13 +248,19 @@ class StreamingSampler:
         (bf16, fp16, fp32; CPU or GPU), within the dtype's rounding."""
         c = self.model.config
         generator = torch.Generator(device="cpu").manual_seed(seed)
+        cuda = torch.device(device).type == "cuda"
+
+        def placed(noise: torch.Tensor) -> torch.Tensor:
+            if cuda:  # a copy from pinned memory does not make the block loop wait for the GPU
+                noise = noise.pin_memory().to(device, non_blocking=True)
+            return noise.to(device=device, dtype=dtype)
 
         def draw(span: BlockSpan, step: int) -> tuple[torch.Tensor, torch.Tensor]:
             video_shape = (batch_size, c.video_in_channels, span.video_frames, *grid_hw)
             audio_shape = (batch_size, span.audio_frames, c.audio_in_channels)
             video = torch.randn(video_shape, generator=generator, dtype=torch.float32)
             audio = torch.randn(audio_shape, generator=generator, dtype=torch.float32)
-            return video.to(device=device, dtype=dtype), audio.to(device=device, dtype=dtype)
+            return placed(video), placed(audio)
 
         return draw
 

@@ -39,3 +39,22 @@ def test_the_audio_side_on_its_own_cuda_stream_gives_the_same_stream():
     one, two = _stream(), _stream(two_streams=True)
     assert torch.equal(one.outputs.latents()[0], two.outputs.latents()[0])
     assert torch.equal(one.outputs.latents()[1], two.outputs.latents()[1])
+
+
+def test_the_block_loop_waits_for_the_gpu_once_per_block_where_the_block_is_handed_over():
+    import warnings
+
+    pipeline = random_pipeline("tiny", BlockLayout.released(), torch.device("cuda"), torch.bfloat16, 0)
+    text = random_text(pipeline.transformer.config).to("cuda")
+    text = type(text)(text.video.bfloat16(), text.audio.bfloat16())
+    blocks = pipeline.sampler().stream(text, 4, 64, 96, seed=1)
+    next(blocks)  # start-up (the prompt's checks) done
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            rest = list(blocks)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(rest) == 3 and len(syncs) == 3, [str(w.message) for w in syncs]  # the finiteness reads only
