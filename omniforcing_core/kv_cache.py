@@ -48,6 +48,8 @@ from .layout import BLOCK_SECONDS, BlockLayout, BlockSpan
 from .rope import RotaryTable, time_shift_rotation
 
 POSITION_MODES = ("absolute", "rebased")
+
+
 class CacheError(ValueError):
     """A window or placement the cache cannot hold."""
 
@@ -94,6 +96,11 @@ class WindowPolicy:
         """Whether starting ``block`` moves the window's positions back one block."""
         return self.position_mode == "rebased" and block > self.retained_start_blocks + self.window_blocks
 
+    def ring_start(self, layout: BlockLayout, tokens_per_frame: int, sink_tokens: int) -> tuple[int, int]:
+        """(video, audio) token where the ring begins: after the retained start (and the sinks)."""
+        last_retained = layout.block(self.retained_start_blocks - 1)
+        return last_retained.video_end * tokens_per_frame, audio_token(last_retained.audio_end, sink_tokens)
+
     def placement(self, span: BlockSpan, layout: BlockLayout, tokens_per_frame: int, sink_tokens: int) -> "Placement":
         """Where ``span``'s keys go in the buffers and how many tokens it reads: the retained
         start in stream order (audio sinks first), then the ring of ``ring_slots`` slots."""
@@ -102,8 +109,7 @@ class WindowPolicy:
             return Placement(span.video_start * tokens_per_frame, span.video_end * tokens_per_frame,
                              audio_token(span.audio_start, sink_tokens) if span.index else 0,
                              audio_token(span.audio_end, sink_tokens))
-        last_retained = layout.block(self.retained_start_blocks - 1)
-        video_start, audio_start = last_retained.video_end * tokens_per_frame, audio_token(last_retained.audio_end, sink_tokens)
+        video_start, audio_start = self.ring_start(layout, tokens_per_frame, sink_tokens)
         video_slot, audio_slot = layout.video_frames_per_block * tokens_per_frame, layout.audio_frames_per_block
         filled = min(span.index - self.retained_start_blocks, self.window_blocks) + 1
         return Placement(video_start + slot * video_slot, video_start + filled * video_slot,
@@ -192,9 +198,7 @@ class StreamKVCache:
         self.dtype = dtype
         self.sink_tokens = sink_tokens
         self.tokens_per_frame = grid_hw[0] * grid_hw[1]
-        last_retained = layout.block(policy.retained_start_blocks - 1)
-        self.video_start_tokens = last_retained.video_end * self.tokens_per_frame
-        self.audio_start_tokens = audio_token(last_retained.audio_end, sink_tokens)
+        self.video_start_tokens, self.audio_start_tokens = policy.ring_start(layout, self.tokens_per_frame, sink_tokens)
         self.video_slot_tokens = layout.video_frames_per_block * self.tokens_per_frame
         self.audio_slot_tokens = layout.audio_frames_per_block
         video_capacity = self.video_start_tokens + policy.ring_slots * self.video_slot_tokens
