@@ -22,15 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import AUDIO_SELF, AUDIO_TO_VIDEO, VIDEO_SELF, VIDEO_TO_AUDIO, AttentionKind, AVRope, av_rope
 from .conditioning import TextConditioning
 from .config import ModelConfig
 from .kv_cache import CachedBlock, TextKV
 from .layout import BlockSpan
 from .masks import AVMasks
-from .attention import AUDIO_SELF, AUDIO_TO_VIDEO, VIDEO_SELF, VIDEO_TO_AUDIO, AttentionKind, AVRope, av_rope
 from .rope import RotaryTable
 from .timestep import TimestepEmbedder
-
 
 
 class AdaLayerNormSingle(nn.Module):
