@@ -223,31 +223,29 @@ class StreamRun:
         self._final_decoder = (pipeline.decoder(video_lookahead_latents=r.decode.video_lookahead, seed=r.seed)
                                if r.decode.final_full_decode else None)
         self.timings: list[BlockTiming] = []
-        self._stop_asked = should_stop or (lambda: False)
         # sampler.stream checks the text, the schedule and the decoder's grid; it allocates nothing yet.
         self._blocks = self.sampler.stream(
             r.text, r.seconds, r.height, r.width, seed=r.seed, prompt_schedule=switches, decoder=self.decoder,
-            overlap_decode=r.decode.overlap, should_stop=self._stop_asked, timings=self.timings,
+            overlap_decode=r.decode.overlap, should_stop=should_stop, timings=self.timings,
             sync_device=sync_device)
-        self.memory = self._memory_plan(pipeline)
+        keep_frames = r.keep_frames and self.decoder is not None
+        keep_latents = r.keep_latents or self._final_decoder is not None
+        self.memory = self._memory_plan(pipeline, keep_frames, keep_latents)
         self.memory.check(r)
-        self.outputs = StreamOutputs(self.frames_total, r.height, r.width,
-                                     keep_frames=r.keep_frames and self.decoder is not None, keep_latents=r.keep_latents
-                                     or self._final_decoder is not None)
+        self.outputs = StreamOutputs(self.frames_total, r.height, r.width, keep_frames, keep_latents)
         self.blocks_made = 0
         self.end: StreamEnd | None = None
         self._iteration = self._iterate()
 
-    def _memory_plan(self, pipeline: "StreamPipeline") -> MemoryPlan:
+    def _memory_plan(self, pipeline: "StreamPipeline", keep_frames: bool, keep_latents: bool) -> MemoryPlan:
         r = self.request
         param = next(pipeline.transformer.parameters())
         c = pipeline.transformer.config
         video_latents, audio_latents = pipeline.layout.latent_lengths(r.seconds)
         grid = (r.height // 32) * (r.width // 32)
         latent_bytes = 4 * (video_latents * grid * c.video_in_channels + audio_latents * c.audio_in_channels)
-        keep_frames = r.keep_frames and r.decode.mode != "none"
         output = StreamOutputs.bytes_needed(self.frames_total, pipeline.layout.sample_count(r.seconds), r.height,
-                                            r.width, latent_bytes, keep_frames, r.keep_latents)
+                                            r.width, latent_bytes, keep_frames, keep_latents)
         text_tokens = r.text.video.shape[1]
         return MemoryPlan(self.sampler.memory_estimate(r.seconds, r.height, r.width, text_tokens), output, param.device)
 
