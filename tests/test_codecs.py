@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -222,3 +223,41 @@ def test_a_wider_decoder_starts_fresh_against_the_frozen_encoder(tmp_path):
                        before_decoders.video_vae.per_channel_statistics.get_buffer("std-of-means"))
     for a, b in zip(before_encoders.video_encoder.state_dict().values(), after_encoders.video_encoder.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_audio_windows_fall_on_the_latent_grid_and_the_loss_is_the_configured_one():
+    mel = torch.arange(2 * 2 * 61 * 3, dtype=torch.float32).reshape(2, 2, 61, 3)
+    windows = C.mel_windows(mel, 17, 5, np.random.default_rng(0))
+    assert windows.shape == (10, 2, 17, 3)
+    for index, window in enumerate(windows):
+        clip = mel[index // 5]
+        start = int((window[0, 0, 0] - clip[0, 0, 0]).item()) // 3
+        assert start % 4 == 0 and 0 <= start <= 61 - 17
+        assert torch.equal(window, clip[:, start:start + 17])
+    # Trained on windows, one step sees audio_crops windows per clip, each of the set length.
+    s = small(audio_crop_frames=17, audio_crops=3, audio_batch=2, audio_loss="mse")
+    codecs = C.new_codecs(s)
+    seen = []
+    codecs.audio_encoder.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    C.Trainer(codecs, s).audio(0)
+    assert seen == [torch.Size([6, 2, 17, s.audio_config().mel_bins])]
+    # The same step under L1 and MSE: the loss is the mean absolute or the mean squared error.
+    with torch.no_grad():
+        for name, reduce in (("l1", torch.abs), ("mse", torch.square)):
+            s = small(audio_loss=name, latent_l2=0.0, latent_noise=0.0)
+            codecs = C.new_codecs(s)
+            loss, _ = C.Trainer(codecs, s).audio(1)
+            mel = C.stereo_mel(np.stack([a for _, a in C.audio_batch(s, 1)]), codecs.audio_vae.config)
+            tokens = codecs.audio_vae.tokens_from_latents(codecs.audio_encoder.posterior(mel)[0])
+            decoded = codecs.audio_vae(codecs.audio_vae.per_channel_statistics.normalize(tokens))
+            assert loss.item() == pytest.approx(reduce(decoded - mel).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("audio_loss", "l2", "audio_loss must be one of ['l1', 'mse']"),
+    ("audio_crop_frames", 16, "audio_crop_frames must be 0 (whole clips) or 1 + 4k >= 17, got 16"),
+    ("audio_crop_frames", 13, "1 + 4k >= 17, got 13"),
+])
+def test_a_bad_audio_training_setting_is_refused_with_what_is_allowed(field, value, message):
+    with pytest.raises(C.TrainConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        small(**{field: value})
