@@ -37,7 +37,9 @@ from omniforcing_core.layout import VIDEO_FPS, BlockLayout, latent_grid
 from omniforcing_core.pipeline import StreamPipeline
 from omniforcing_core.sampler import StreamSettings
 from omniforcing_core.stream_run import DecodeOptions, StreamRequest, StreamRun, decode_latents
+from omniforcing_core.world.detect import audio_onsets
 from omniforcing_core.world.metrics import evaluate
+from omniforcing_core.world.scene import PITCHES
 
 PROMPTS = (
     "a red ball bounces",
@@ -123,10 +125,21 @@ def blob_scores(frames: np.ndarray, seams: list[int]) -> dict[str, float]:
             "blob.seam_ratio": seam / max(within, 0.25)}
 
 
+def tone_scores(audio: np.ndarray, sample_rate: int = 24_000) -> dict[str, float]:
+    """What the sound holds without the picture: tone onsets per second and the share of
+    them at one of the world's pitches (within a semitone; the pitches are 9 apart)."""
+    onsets = audio_onsets(audio, sample_rate)
+    seconds = audio.shape[-1] / sample_rate
+    cents = [min(abs(1200.0 * math.log2(onset.pitch / pitch)) for pitch in PITCHES.values()) for onset in onsets]
+    return {"tones.per_s": len(onsets) / seconds,
+            "tones.world_pitch_share": float(np.mean([c <= 100.0 for c in cents])) if cents else 0.0}
+
+
 def score(clip: dict, prompt: str, layout: BlockLayout) -> dict[str, float]:
     seams = boundaries(layout, clip["frames"].shape[0])
     return {**evaluate(clip["frames"], clip["audio"], 24_000, prompt, boundaries=seams),
-            **blob_scores(clip["frames"], seams), "audio.rms": float(np.sqrt(np.mean(clip["audio"] ** 2)))}
+            **blob_scores(clip["frames"], seams), **tone_scores(clip["audio"]),
+            "audio.rms": float(np.sqrt(np.mean(clip["audio"] ** 2)))}
 
 
 def segments(clip: dict, prompt: str, layout: BlockLayout, seconds: int) -> list[dict[str, float]]:
@@ -138,7 +151,7 @@ def segments(clip: dict, prompt: str, layout: BlockLayout, seconds: int) -> list
         seams = [b - f0 for b in boundaries(layout, f1) if f0 < b < f1]
         frames = clip["frames"][f0:f1]
         results.append({**evaluate(frames, clip["audio"][:, a0:a1], 24_000, prompt, boundaries=seams),
-                        **blob_scores(frames, seams)})
+                        **blob_scores(frames, seams), **tone_scores(clip["audio"][:, a0:a1])})
     return results
 
 
@@ -153,7 +166,8 @@ def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
 
 HEADLINE = ("sync.within_frame_share", "sync.median_abs_offset_ms", "sync.p90_abs_offset_ms", "sync.misses",
             "sync.false_alarms", "prompt.f1", "prompt.exact", "pitch.correct_share", "seam.ratio",
-            "blob.foreground_share", "blob.seam_px", "blob.inside_px", "blob.seam_ratio", "audio.rms")
+            "blob.foreground_share", "blob.seam_px", "blob.inside_px", "blob.seam_ratio", "tones.per_s",
+            "tones.world_pitch_share", "audio.rms")
 
 
 def headline(scores: dict[str, float]) -> dict[str, float]:

@@ -1,10 +1,12 @@
-"""The colour-blind blob measures of the quality benchmark read what they claim to."""
+"""The colour-blind blob and tone measures of the quality benchmark read what they claim to."""
 
 import numpy as np
 
-from benchmarks.quality import blob_scores, boundaries
+from benchmarks.quality import blob_scores, boundaries, tone_scores
 from omniforcing_core import BlockLayout
 from omniforcing_core.world import Scene, render_clip
+from omniforcing_core.world.render import render_audio
+from omniforcing_core.world.scene import PITCHES
 
 
 def test_blob_seam_ratio_sees_a_jump_at_the_seams_and_not_in_a_rendered_clip():
@@ -22,3 +24,16 @@ def test_blob_seam_ratio_sees_a_jump_at_the_seams_and_not_in_a_rendered_clip():
 
 def test_paper_layout_seams_follow_its_blocks():
     assert boundaries(BlockLayout.paper(), 73) == [1, 25, 49]
+
+
+def test_tone_scores_count_the_world_s_tones_and_their_pitches():
+    clip = render_clip(Scene.sample(0, 3.0, (128, 192)))
+    truth = tone_scores(clip.audio_24k)
+    # Impacts at once (two shapes meeting) sound as one onset.
+    assert len(clip.truth.impacts) / 3.0 >= truth["tones.per_s"] >= 0.5 * len(clip.truth.impacts) / 3.0
+    assert truth["tones.world_pitch_share"] == 1.0
+    # The same impacts a tritone off the world's pitches: as many tones, none at a world pitch.
+    off = render_audio(clip.scene, 24_000, stereo=True, pitches={k: v * 2 ** 0.5 for k, v in PITCHES.items()})
+    shifted = tone_scores(off)
+    assert abs(shifted["tones.per_s"] - truth["tones.per_s"]) < 0.5 and shifted["tones.world_pitch_share"] < 0.1
+    assert tone_scores(np.zeros((2, 24_000), dtype=np.float32)) == {"tones.per_s": 0.0, "tones.world_pitch_share": 0.0}
