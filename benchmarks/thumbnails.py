@@ -3,12 +3,14 @@ cards for the templates that need the LTX-2 files.
 
     python -m benchmarks.thumbnails                  # writes workflows/<template>.jpg
     python -m benchmarks.thumbnails --out /tmp/thumbs --seconds 2
+    python -m benchmarks.thumbnails --still docs/demo_still.png   # the README's still
 
 ComfyUI's template browser asks for ``<template>.jpg`` beside ``<template>.json``. This streams
 the demo template as it is saved (its prompt, size, length and seed, read from the JSON),
 takes frames spread over the stream and tiles them into one JPEG; run it again whenever the
 demo's files change. The real-model templates' pictures would need the 19B model: they get a
-title card that says what the template makes.
+title card that says what the template makes. The README's still is the README command's
+stream: a frame every half second above the sound's spectrogram, so its impacts show too.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from omniforcing_core.checkpoint import load_prompt_encoder
-from omniforcing_core.demo_model import DEMO_BASE, demo_path
+from omniforcing_core.decoders.mel import log_mel_spectrogram
+from omniforcing_core.demo_model import DEMO_BASE, DEMO_HEIGHT, DEMO_PROMPT, DEMO_WIDTH, demo_path
 from omniforcing_core.pipeline import StreamPipeline
 from omniforcing_core.stream_run import StreamRequest, StreamRun
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 DEMO_TEMPLATE = "omniforcing_demo"
 TILES = (2, 2)  # columns, rows
+SPECTROGRAM_FLOOR, SPECTROGRAM_TOP = -6.0, 1.0
 
 
 def template_stream(template: dict) -> dict:
@@ -39,14 +43,15 @@ def template_stream(template: dict) -> dict:
             "seconds": seconds, "seed": seed}
 
 
-def stream_frames(prompt: str, width: int, height: int, seconds: int, seed: int) -> torch.Tensor:
-    """Every frame [N, H, W, 3] in 0..1 of a demo stream, decoded as users get it."""
+def stream_media(prompt: str, width: int, height: int, seconds: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every frame [N, H, W, 3] in 0..1 and the 24 kHz waveform [2, T] of a demo stream,
+    decoded as users get them."""
     encoder = load_prompt_encoder(demo_path(DEMO_BASE))
     pipeline = StreamPipeline.demo()
     with torch.no_grad():
         run = StreamRun(pipeline, StreamRequest(encoder(prompt), seconds, height, width, seed, keep_latents=False))
         run.run()
-    return run.outputs.images()
+    return run.outputs.images(), run.outputs.waveform()
 
 
 def tile(frames: torch.Tensor, columns: int = TILES[0], rows: int = TILES[1]) -> Image.Image:
@@ -108,10 +113,35 @@ def render_thumbnail(out_dir: Path = WORKFLOWS, seconds: int | None = None) -> P
     settings = template_stream(template)
     if seconds is not None:
         settings["seconds"] = seconds
-    frames = stream_frames(**settings)
+    frames, _ = stream_media(**settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{DEMO_TEMPLATE}.jpg"
     tile(frames).save(path, quality=90)
+    return path
+
+
+def spectrogram_strip(waveform: torch.Tensor, width: int, height: int = 96) -> Image.Image:
+    """The sound's log-mel (low pitches at the bottom) stretched to ``width`` x ``height``."""
+    mel = log_mel_spectrogram(waveform.float().mean(dim=0), sample_rate=24_000, n_fft=1024, hop_length=240, n_mels=64)
+    # Fixed levels, so a quiet stream looks quiet: the world's noise floor (-6.4 natural-log
+    # units at this mel's settings) is black, its loudest tones (about +1) white.
+    level = ((mel.T.flip(0) - SPECTROGRAM_FLOOR) / (SPECTROGRAM_TOP - SPECTROGRAM_FLOOR)).clamp(0, 1)
+    shades = (255 * level.sqrt()).to(torch.uint8).numpy()
+    return Image.fromarray(shades).resize((width, height), Image.NEAREST).convert("RGB")
+
+
+def render_still(path: Path, seconds: int = 5) -> Path:
+    """The README command's stream (its default prompt and seed): frames every half second
+    in one row above the spectrogram of the same seconds."""
+    frames, waveform = stream_media(DEMO_PROMPT, DEMO_WIDTH, DEMO_HEIGHT, seconds, seed=0)
+    picks = [min(round(n * 12), frames.shape[0] - 1) for n in range(1, 2 * seconds + 1)]
+    row = (frames[picks].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    row = np.concatenate(list(row), axis=1)
+    still = Image.new("RGB", (row.shape[1], row.shape[0] + 96))
+    still.paste(Image.fromarray(row), (0, 0))
+    still.paste(spectrogram_strip(waveform, row.shape[1]), (0, row.shape[0]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    still.save(path)
     return path
 
 
@@ -119,7 +149,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=WORKFLOWS, help="folder for the .jpg (default: workflows/)")
     parser.add_argument("--seconds", type=int, help="stream length (default: the template's)")
+    parser.add_argument("--still", type=Path, help="write the README's still here instead (5 s, the command's stream)")
     args = parser.parse_args(argv)
+    if args.still:
+        print(f"wrote {render_still(args.still)}")
+        return
     for path in (render_thumbnail(args.out, args.seconds), *render_title_cards(args.out)):
         print(f"wrote {path}")
 

@@ -244,7 +244,7 @@ def test_audio_windows_fall_on_the_latent_grid_and_the_loss_is_the_configured_on
     # The same step under L1 and MSE: the loss is the mean absolute or the mean squared error.
     with torch.no_grad():
         for name, reduce in (("l1", torch.abs), ("mse", torch.square)):
-            s = small(audio_loss=name, latent_l2=0.0, latent_noise=0.0)
+            s = small(audio_loss=name, audio_crop_frames=0, latent_l2=0.0, latent_noise=0.0)
             codecs = C.new_codecs(s)
             loss, _ = C.Trainer(codecs, s).audio(1)
             mel = C.stereo_mel(np.stack([a for _, a in C.audio_batch(s, 1)]), codecs.audio_vae.config)
@@ -257,6 +257,7 @@ def test_audio_windows_fall_on_the_latent_grid_and_the_loss_is_the_configured_on
     ("audio_loss", "l2", "audio_loss must be one of ['l1', 'mse']"),
     ("audio_crop_frames", 16, "audio_crop_frames must be 0 (whole clips) or 1 + 4k >= 17, got 16"),
     ("audio_crop_frames", 13, "1 + 4k >= 17, got 13"),
+    ("audio_crop_frames", 105, "audio_crop_frames (105) must fit a clip's 101 mel frames (1.0 s): shorten the windows"),
 ])
 def test_a_bad_audio_training_setting_is_refused_with_what_is_allowed(field, value, message):
     with pytest.raises(C.TrainConfigError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):

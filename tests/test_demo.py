@@ -7,6 +7,7 @@ run only on the shipped files.
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -16,7 +17,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from benchmarks import thumbnails
-from benchmarks.quality import blob_scores
+from benchmarks.quality import blob_scores, tone_scores
 from omniforcing_core import demo_model
 from omniforcing_core.checkpoint import load_decoders, load_model, load_prompt_encoder
 from omniforcing_core.conditioning import TextConditioning
@@ -78,15 +79,37 @@ PROMPTS = ((DEMO_PROMPT, 0), ("a green wedge hops around", 1))
 SCORES = ("prompt.recall", "sync.within_frame_share", "pitch.correct_share", "sync.matched")
 
 
-def stream_metrics(pipeline: StreamPipeline, text: TextConditioning, prompt: str, seed: int) -> dict[str, float]:
-    """The world metrics of 3 s streamed and decoded as users get them."""
+def streamed(pipeline: StreamPipeline, text: TextConditioning, seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """3 s streamed and decoded as users get them: frames (uint8), the waveform, the block seams."""
     with torch.no_grad():
         blocks = list(pipeline.sampler().stream(text, 3, DEMO_HEIGHT, DEMO_WIDTH, seed=seed,
                                                 decoder=pipeline.decoder(seed=seed)))
     frames = (torch.cat([block.decoded.frames for block in blocks]).clamp(0, 1) * 255).round().to(torch.uint8)
     waveform = torch.cat([block.decoded.waveform for block in blocks], dim=1)
-    seams = [block.span.pixel_interval[0] for block in blocks[1:]]
-    return evaluate(frames.numpy(), waveform.float().numpy(), 24000, prompt, boundaries=seams)
+    return frames.numpy(), waveform.float().numpy(), [block.span.pixel_interval[0] for block in blocks[1:]]
+
+
+@functools.cache
+def demo_stream() -> tuple[np.ndarray, np.ndarray, list[int]]:
+    encoder = load_prompt_encoder(demo_model.demo_path(DEMO_BASE))
+    return streamed(StreamPipeline.demo(), encoder(DEMO_PROMPT), seed=0)
+
+
+def noise_text() -> TextConditioning:
+    """A random prompt for the random-weight preset: what the pack streamed before the demo."""
+    generator = torch.Generator().manual_seed(0)
+    return TextConditioning(torch.randn(1, 16, 32, generator=generator), torch.randn(1, 16, 32, generator=generator))
+
+
+@functools.cache
+def noise_stream() -> tuple[np.ndarray, np.ndarray, list[int]]:
+    return streamed(StreamPipeline.tiny_random(0), noise_text(), seed=0)
+
+
+def stream_metrics(pipeline: StreamPipeline, text: TextConditioning, prompt: str, seed: int) -> dict[str, float]:
+    """The world metrics of 3 s streamed and decoded as users get them."""
+    frames, waveform, seams = streamed(pipeline, text, seed)
+    return evaluate(frames, waveform, 24000, prompt, boundaries=seams)
 
 
 def demo_scores(folder=None) -> dict[str, float]:
@@ -97,11 +120,9 @@ def demo_scores(folder=None) -> dict[str, float]:
 
 
 def noise_scores() -> dict[str, float]:
-    """The same scores of the random-weight preset: what the pack streamed before the demo."""
+    """The same scores of the random-weight preset."""
     pipeline = StreamPipeline.tiny_random(0)
-    generator = torch.Generator().manual_seed(0)
-    text = TextConditioning(torch.randn(1, 16, 32, generator=generator), torch.randn(1, 16, 32, generator=generator))
-    return mean_scores([stream_metrics(pipeline, text, prompt, seed) for prompt, seed in PROMPTS])
+    return mean_scores([stream_metrics(pipeline, noise_text(), prompt, seed) for prompt, seed in PROMPTS])
 
 
 def mean_scores(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -126,23 +147,12 @@ def test_the_demo_streams_shapes_that_ring_on_impact():
     assert_far_from_noise(demo_scores(), noise_scores())
 
 
-def blob_measures(pipeline: StreamPipeline, text: TextConditioning) -> dict[str, float]:
-    with torch.no_grad():
-        blocks = list(pipeline.sampler().stream(text, 3, DEMO_HEIGHT, DEMO_WIDTH, seed=0,
-                                                decoder=pipeline.decoder(seed=0)))
-    frames = (torch.cat([block.decoded.frames for block in blocks]).clamp(0, 1) * 255).round().to(torch.uint8)
-    return blob_scores(frames.numpy(), [block.span.pixel_interval[0] for block in blocks[1:]])
-
-
 @shipped
 def test_the_demo_streams_a_few_moving_blobs_where_random_weights_stream_noise():
     """What the demo does reach through its blurry codecs (colour-blind): a small bright
     foreground on the dark background, moving smoothly, as in the world (~3% of the pixels)."""
-    encoder = load_prompt_encoder(demo_model.demo_path(DEMO_BASE))
-    demo = blob_measures(StreamPipeline.demo(), encoder(DEMO_PROMPT))
-    generator = torch.Generator().manual_seed(0)
-    text = TextConditioning(torch.randn(1, 16, 32, generator=generator), torch.randn(1, 16, 32, generator=generator))
-    noise = blob_measures(StreamPipeline.tiny_random(0), text)
+    (frames, _, seams), (noise_frames, _, noise_seams) = demo_stream(), noise_stream()
+    demo, noise = blob_scores(frames, seams), blob_scores(noise_frames, noise_seams)
     assert 0.005 < demo["blob.foreground_share"] < 0.2 < noise["blob.foreground_share"], (demo, noise)
     assert demo["blob.inside_px"] < 10, demo
 
@@ -187,6 +197,23 @@ def test_the_demo_template_thumbnail_is_rendered_from_a_demo_stream(use_stand_in
             assert np.abs(np.asarray(made, np.int16) - np.asarray(shipped, np.int16)).max() <= 2
     assert thumbnails.template_stream(json.loads((thumbnails.WORKFLOWS / "omniforcing_demo.json").read_text())) == {
         "prompt": DEMO_PROMPT, "width": DEMO_WIDTH, "height": DEMO_HEIGHT, "seconds": 5, "seed": 42}
+
+
+def test_the_readme_still_shows_frames_over_the_sound_s_spectrogram(use_stand_in_demo, tmp_path, capsys):
+    thumbnails.main(["--still", str(tmp_path / "still.png")])
+    assert capsys.readouterr().out.splitlines() == [f"wrote {tmp_path / 'still.png'}"]
+    with Image.open(tmp_path / "still.png") as image:
+        assert image.size == (10 * DEMO_WIDTH, DEMO_HEIGHT + 96)
+    # The strip (one column per 10 ms here): silence black, a tone from 1.0 s to 1.1 s bright
+    # in its columns, at its pitch's row (880 Hz: low in the picture, low pitches at the bottom).
+    assert np.asarray(thumbnails.spectrogram_strip(torch.zeros(2, 48_000), 200)).max() == 0
+    wave = torch.zeros(2, 48_000)
+    time = torch.arange(2_400) / 24_000
+    wave[:, 24_000:26_400] = 0.3 * torch.sin(2 * torch.pi * 880 * time)
+    strip = np.asarray(thumbnails.spectrogram_strip(wave, 200, height=64))[..., 0]
+    loudest = strip.max(axis=0)
+    assert loudest[102:109].min() > 200 and loudest[:95].max() == 0 and loudest[115:].max() == 0
+    assert 32 < int(np.argmax(strip[:, 105])) < 64
 
 
 def test_on_the_cpu_the_video_decoder_runs_in_bf16_and_the_sound_in_fp32():

@@ -53,7 +53,7 @@ from ..decoders.video_vae import TemporalChunk, VideoVAE, VideoVAEConfig, pixels
 from ..decoders.audio_stream import StreamingAudioDecoder, decode_audio_clip
 from ..decoders.video_stream import VideoStreamDecoder, exact_lookahead_latents
 from ..decoders.vocoder import Vocoder, VocoderConfig
-from ..layout import SPATIAL_COMPRESSION, BlockLayout
+from ..layout import MEL_HOP, MEL_SAMPLE_RATE, SPATIAL_COMPRESSION, BlockLayout
 from ..world import AUDIO_RATE, MEL_RATE, Scene, render_clip, resample
 from ..world.detect import audio_onsets
 from ..world.metrics import detect_clip, position_error
@@ -121,11 +121,11 @@ class CodecsSection:
     # windows per clip. On whole clips and L1 the VAE settled on the silent floor (tones'
     # L1 3.0 from step 50 to 400); windows of 65 frames and MSE learn the tones (0.76 by
     # step 600, measured on held-out clips).
-    audio_steps: int = 400
-    audio_batch: int = 1
-    audio_lr: float = 5e-4
-    audio_loss: str = "l1"
-    audio_crop_frames: int = 0
+    audio_steps: int = 3000
+    audio_batch: int = 2
+    audio_lr: float = 1e-3
+    audio_loss: str = "mse"
+    audio_crop_frames: int = 65
     audio_crops: int = 4
     # Vocoder.
     vocoder_steps: int = 500
@@ -161,6 +161,10 @@ class CodecsSection:
             raise TrainConfigError(f"[codecs] audio_loss must be one of {sorted(AUDIO_LOSSES)}, got {self.audio_loss!r}")
         if self.audio_crop_frames and (self.audio_crop_frames < 17 or (self.audio_crop_frames - 1) % 4):
             raise TrainConfigError(f"[codecs] audio_crop_frames must be 0 (whole clips) or 1 + 4k >= 17, got {self.audio_crop_frames}")
+        clip_frames = int(round(self.clip_seconds * MEL_SAMPLE_RATE / MEL_HOP)) + 1
+        if self.audio_crop_frames > clip_frames:
+            raise TrainConfigError(f"[codecs] audio_crop_frames ({self.audio_crop_frames}) must fit a clip's {clip_frames} mel frames"
+                                   f" ({self.clip_seconds} s): shorten the windows or lengthen clip_seconds")
         crop_h, crop_w = self.video_crop
         if crop_h % 32 or crop_w % 32 or not (64 <= crop_h <= self.height and 64 <= crop_w <= self.width):
             raise TrainConfigError(f"[codecs] video_crop must be multiples of 32 within the frame, at least 64, got {self.video_crop}")
