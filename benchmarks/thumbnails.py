@@ -33,6 +33,7 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 DEMO_TEMPLATE = "omniforcing_demo"
 TILES = (2, 2)  # columns, rows
 SPECTROGRAM_FLOOR, SPECTROGRAM_TOP = -6.0, 1.0
+SPECTROGRAM_TOP_HZ = 5000.0  # the world's tones (523-1480 Hz) and their first harmonics
 
 
 def template_stream(template: dict) -> dict:
@@ -121,8 +122,9 @@ def render_thumbnail(out_dir: Path = WORKFLOWS, seconds: int | None = None) -> P
 
 
 def spectrogram_strip(waveform: torch.Tensor, width: int, height: int = 96) -> Image.Image:
-    """The sound's log-mel (low pitches at the bottom) stretched to ``width`` x ``height``."""
-    mel = log_mel_spectrogram(waveform.float().mean(dim=0), sample_rate=24_000, n_fft=1024, hop_length=240, n_mels=64)
+    """The sound's log-mel up to 5 kHz (low pitches at the bottom) stretched to ``width`` x ``height``."""
+    mel = log_mel_spectrogram(waveform.float().mean(dim=0), sample_rate=24_000, n_fft=1024, hop_length=240, n_mels=64,
+                              f_max=SPECTROGRAM_TOP_HZ)
     # Fixed levels, so a quiet stream looks quiet: the world's noise floor (-6.4 natural-log
     # units at this mel's settings) is black, its loudest tones (about +1) white.
     level = ((mel.T.flip(0) - SPECTROGRAM_FLOOR) / (SPECTROGRAM_TOP - SPECTROGRAM_FLOOR)).clamp(0, 1)
