@@ -308,7 +308,10 @@ def test_ctrl_c_stops_the_generating_worker_and_removes_the_file(tmp_path, monke
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
 def test_a_signal_stops_the_stream_cleanly_and_leaves_no_file(signum, tmp_path):
-    process = run_command("stream", *TINY, "--seconds", "600", "--window", "2", "--out", str(tmp_path / "x.mp4"))
+    # Default handling of the signal in the child, whatever the test run inherited (under nohup,
+    # a hangup is ignored, and the command rightly keeps it so: the test below).
+    process = run_command("stream", *TINY, "--seconds", "600", "--window", "2", "--out", str(tmp_path / "x.mp4"),
+                          preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     assert process.stdout.readline().startswith("block 1/600")
     process.send_signal(signum)
     _, err = process.communicate(timeout=120)

@@ -35,7 +35,8 @@ def test_the_recipe_publishes_every_stage_and_the_shipped_files(published):
     assets, _ = published
     assert sorted(p.name for p in (assets / "stages").glob("*.safetensors")) == sorted(PUBLISHED)
     for name in (DEMO_GENERATOR, DEMO_RELEASED_GENERATOR, DEMO_BASE):
-        assert (assets / name).stat().st_size < 12 * 2**20
+        # A few MB each; the base is the largest (codecs in fp16, the video decoder 5 M parameters).
+        assert (assets / name).stat().st_size < 16 * 2**20
     with safe_open(str(assets / "stages" / "stage2.safetensors"), "pt") as stage2:
         assert {stage2.get_tensor(key).dtype for key in stage2.keys()} == {torch.bfloat16}
     lines = (assets / "stages" / "teacher.metrics.jsonl").read_text().splitlines()
