@@ -1,9 +1,12 @@
 """Quality of the built-in demo models on the synthetic world: one JSON line per model.
 
-    python -m benchmarks.quality                     # teacher, Stage II, student, released student
+    python -m benchmarks.quality                     # world, codecs, teacher, Stage II, student, released
     python -m benchmarks.quality --models student --seconds 3 --long 0
 
-Every clip is decoded through the streaming decoders exactly as users get them and scored
+Two reference lines come first: ``world``, held-out clips of the world itself (what the detectors
+find in the truth), and ``codecs``, the same clips encoded and decoded through the streaming
+decoders (the most a model can reach through the demo's codecs). Every model's clip is decoded
+through the streaming decoders exactly as users get them and scored
 by the world's detectors (``omniforcing_core.world.metrics``): AV sync, pitch, prompt
 adherence and seam continuity. ``--long S`` also streams S seconds with a rolling window
 in both position modes and scores every 10 s segment (does quality hold past the 3 s the
@@ -24,6 +27,8 @@ import numpy as np
 import torch
 
 from omniforcing_core.checkpoint import load_decoders, load_model, load_prompt_encoder
+from omniforcing_core.checkpoint.components import load_encoders
+from omniforcing_core.decoders.av_stream import AVStreamDecoder
 from omniforcing_core.demo_model import (
     DEMO_BASE,
     DEMO_FOLDER,
@@ -37,6 +42,8 @@ from omniforcing_core.layout import VIDEO_FPS, BlockLayout, latent_grid
 from omniforcing_core.pipeline import StreamPipeline
 from omniforcing_core.sampler import StreamSettings
 from omniforcing_core.stream_run import DecodeOptions, StreamRequest, StreamRun, decode_latents
+from omniforcing_core.train.codecs import EVAL_SEEDS, frames_to_pixels, stereo_mel
+from omniforcing_core.world import Scene, render_clip
 from omniforcing_core.world.detect import audio_onsets
 from omniforcing_core.world.metrics import evaluate
 from omniforcing_core.world.scene import PITCHES
@@ -95,6 +102,30 @@ def teacher_clip(teacher, pipeline: StreamPipeline, encoder, prompt: str, second
     total = time.perf_counter() - start
     pixels, waveform = _to_numpy(torch.cat([d.frames for d in decoded]), torch.cat([d.waveform for d in decoded], -1))
     return {"frames": pixels, "audio": waveform, "ttfc_s": total, "fps": pixels.shape[0] / total, "total_s": total}
+
+
+WORLD_CLIPS = 12  # held-out scenes (the codecs' evaluation seeds), as many as the models' clips
+
+
+def world_clips(seconds: int) -> list[tuple[str, dict]]:
+    """Rendered held-out scenes, each with its own prompt."""
+    clips = []
+    for index in range(WORLD_CLIPS):
+        clip = render_clip(Scene.sample(EVAL_SEEDS + index, float(seconds), (DEMO_HEIGHT, DEMO_WIDTH)))
+        clips.append((clip.prompt, {"frames": clip.frames, "audio": clip.audio_24k, "clip": clip}))
+    return clips
+
+
+def codec_clip(encoders, decoders, clip) -> dict:
+    """A world clip through the base file's encoders and the streaming decoders (released blocks)."""
+    with torch.no_grad():
+        video = encoders.video_encoder.encode(frames_to_pixels(clip.frames)[None])
+        mel = stereo_mel(clip.audio_24k, decoders.audio_vae.config)
+        audio = decoders.audio_vae.tokens_from_latents(encoders.audio_encoder.encode(mel))
+        decoder = AVStreamDecoder(decoders.video_vae, decoders.audio_vae, decoders.vocoder)
+        decoded = [block.decoded for block in decode_latents(decoder, BlockLayout.released(), video, audio)]
+    pixels, waveform = _to_numpy(torch.cat([d.frames for d in decoded]), torch.cat([d.waveform for d in decoded], -1))
+    return {"frames": pixels, "audio": waveform}
 
 
 def boundaries(layout: BlockLayout, num_frames: int) -> list[int]:
@@ -176,7 +207,7 @@ def headline(scores: dict[str, float]) -> dict[str, float]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="teacher,stage2,student,released")
+    parser.add_argument("--models", default="world,codecs,teacher,stage2,student,released")
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--long", type=int, default=60, help="seconds of the long streams (0: skip them)")
     parser.add_argument("--window", type=int, default=4, help="blocks kept in the long streams' window")
@@ -191,6 +222,15 @@ def main(argv=None) -> None:
     decoders = load_decoders(base, dtype=torch.float32)
     teacher_total = None
     for name in args.models.split(","):
+        if name in ("world", "codecs"):
+            clips = world_clips(args.seconds)
+            if name == "codecs":
+                encoders = load_encoders(base)
+                clips = [(p, codec_clip(encoders, decoders, c["clip"])) for p, c in clips]
+            layout = BlockLayout.released()
+            print(json.dumps({"model": name, "layout": layout.name, "clips": len(clips), "seconds": args.seconds,
+                              **headline(mean_scores([score(c, p, layout) for p, c in clips]))}), flush=True)
+            continue
         if name == "teacher":
             teacher = load_model(args.stages / "teacher.safetensors", dtype=torch.float32)
             pipeline = StreamPipeline(teacher.model, BlockLayout.released(), decoders.video_vae, decoders.audio_vae,

@@ -102,7 +102,7 @@ def test_the_command_writes_a_base_file_both_loaders_read(tmp_path):
     assert decoders.audio_vae.config.token_width == 64
     # Statistics from encoded clips: the stats clips themselves come out ~N(0, 1) per channel.
     clip = render_clip(Scene.sample(C.STATS_SEEDS, 1.0, (64, 64)))
-    video = encoders.video_encoder.encode(C._pixels(clip.frames)[None])
+    video = encoders.video_encoder.encode(C.frames_to_pixels(clip.frames)[None])
     assert video.shape == (1, 8, 4, 2, 2)
     per_channel = video.movedim(1, -1).reshape(-1, 8)
     assert per_channel.mean(0).abs().max() < 1.5 and 0.3 < per_channel.std(0).mean() < 1.7
@@ -139,7 +139,7 @@ def test_encode_world_writes_shards_the_engine_reads(tmp_path):
     assert len(truth[0]["impacts"]) == len(clip.truth.impacts)
     # The shard holds exactly what the file's encoder gives for that clip, normalised.
     encoders = load_encoders(out / C.BASE_FILE)
-    expected = encoders.video_encoder.encode(C._pixels(clip.frames)[None])[0]
+    expected = encoders.video_encoder.encode(C.frames_to_pixels(clip.frames)[None])[0]
     assert (sample["video"] - expected).abs().max() < 1e-5
 
 
@@ -192,7 +192,7 @@ def test_decoder_finetuning_keeps_the_latents_and_moves_only_the_decoders(tmp_pa
 
 def test_the_world_s_shapes_and_tones_are_the_foreground_the_losses_weigh_up():
     clip = render_clip(Scene.sample(3, 1.0, (64, 64)))
-    pixels = C._pixels(clip.frames[None])
+    pixels = C.frames_to_pixels(clip.frames[None])
     shapes = C.shape_pixels(pixels)
     drawn = torch.from_numpy((clip.frames != C.BACKGROUND).any(axis=-1))
     found = shapes[0, 0].bool()

@@ -1,8 +1,11 @@
-"""The colour-blind blob and tone measures of the quality benchmark read what they claim to."""
+"""The quality benchmark's colour-blind blob and tone measures read what they claim to, and its
+reference line scores the world itself as found."""
+
+import json
 
 import numpy as np
 
-from benchmarks.quality import blob_scores, boundaries, tone_scores
+from benchmarks.quality import blob_scores, boundaries, main, tone_scores
 from omniforcing_core import BlockLayout
 from omniforcing_core.world import Scene, render_clip
 from omniforcing_core.world.render import render_audio
@@ -37,3 +40,13 @@ def test_tone_scores_count_the_world_s_tones_and_their_pitches():
     shifted = tone_scores(off)
     assert abs(shifted["tones.per_s"] - truth["tones.per_s"]) < 0.5 and shifted["tones.world_pitch_share"] < 0.1
     assert tone_scores(np.zeros((2, 24_000), dtype=np.float32)) == {"tones.per_s": 0.0, "tones.world_pitch_share": 0.0}
+
+
+def test_the_world_reference_line_scores_the_truth_as_found(capsys):
+    """The benchmark's first line: the detectors on held-out world clips themselves (the ceiling
+    every model's line is read against)."""
+    main(["--models", "world", "--seconds", "3", "--long", "0", "--threads", "1"])
+    line = json.loads(capsys.readouterr().out)
+    assert (line["model"], line["clips"], line["seconds"]) == ("world", 12, 3)
+    assert line["sync.within_frame_share"] > 0.95 and line["prompt.f1"] == 1.0 and line["pitch.correct_share"] == 1.0
+    assert line["tones.world_pitch_share"] > 0.95 and "fps" not in line

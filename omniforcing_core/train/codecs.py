@@ -258,7 +258,7 @@ def new_codecs(s: CodecsSection) -> Codecs:
 # Data: clips of the world, rendered on the fly ---------------------------------------
 
 
-def _pixels(frames: np.ndarray) -> torch.Tensor:
+def frames_to_pixels(frames: np.ndarray) -> torch.Tensor:
     """uint8 frames [..., N, H, W, 3] -> pixels [..., 3, N, H, W] in [-1, 1]."""
     x = torch.from_numpy(np.ascontiguousarray(frames)).float() / 127.5 - 1.0
     return x.movedim(-1, -4)
@@ -312,7 +312,7 @@ def video_batch(s: CodecsSection, step: int) -> torch.Tensor:
         (height, width) = s.video_crop
         top, left = _crop_start(y, height, s.height, rng), _crop_start(x, width, s.width, rng)
         windows.append(frames[start:start + s.video_frames, top:top + height, left:left + width])
-    return _pixels(np.stack(windows))
+    return frames_to_pixels(np.stack(windows))
 
 
 def audio_batch(s: CodecsSection, step: int, salt: int = 0) -> list[tuple[Scene, np.ndarray]]:
@@ -514,7 +514,7 @@ def set_statistics(codecs: Codecs, s: CodecsSection) -> dict[str, Any]:
     video, audio = [], []
     for i in range(s.stats_clips):
         clip = render_clip(Scene.sample(STATS_SEEDS + i, s.clip_seconds, s.size))
-        video.append(codecs.video_encoder.posterior(_pixels(clip.frames)[None])[0])
+        video.append(codecs.video_encoder.posterior(frames_to_pixels(clip.frames)[None])[0])
         mean, _ = codecs.audio_encoder.posterior(stereo_mel(clip.audio_24k, codecs.audio_vae.config))
         audio.append(codecs.audio_vae.tokens_from_latents(mean))
     video_values = torch.cat([v.movedim(1, -1).reshape(-1, v.shape[1]) for v in video])
@@ -564,7 +564,7 @@ def evaluate(codecs: Codecs, s: CodecsSection, clips: int | None = None) -> dict
     onset_rows, vocoder_rows = [], []
     for i in range(s.eval_clips if clips is None else clips):
         clip = render_clip(Scene.sample(EVAL_SEEDS + i, s.clip_seconds, s.size))
-        latents = codecs.video_encoder.encode(_pixels(clip.frames)[None])
+        latents = codecs.video_encoder.encode(frames_to_pixels(clip.frames)[None])
         frames = pixels_to_frames(codecs.video_vae.decode(latents)).numpy()
         decoded_u8 = np.round(frames * 255.0).astype(np.uint8)
         mse = float(np.mean((decoded_u8.astype(np.float64) - clip.frames) ** 2))
@@ -622,7 +622,7 @@ def seam_errors(codecs: Codecs | LoadedCodecs, s: CodecsSection, clips: int = 4,
     encoded = []
     for i in range(clips):
         clip = render_clip(Scene.sample(EVAL_SEEDS + i, s.clip_seconds, s.size))
-        video = codecs.video_encoder.encode(_pixels(clip.frames)[None])
+        video = codecs.video_encoder.encode(frames_to_pixels(clip.frames)[None])
         mel = stereo_mel(clip.audio_24k, codecs.audio_vae.config)
         tokens = codecs.audio_vae.tokens_from_latents(codecs.audio_encoder.encode(mel))
         encoded.append((video, tokens, pixels_to_frames(codecs.video_vae.decode(video)) * 255.0,
@@ -824,7 +824,7 @@ def run_encode_world(config: TrainConfig, out: Path, *, codecs_path: Path | None
         with torch.no_grad():
             for index in indices:
                 clip = render_clip(Scene.sample(w.seed + index, w.seconds, s.size))
-                video.append(codecs.video_encoder.encode(_pixels(clip.frames)[None]))
+                video.append(codecs.video_encoder.encode(frames_to_pixels(clip.frames)[None]))
                 latents = codecs.audio_encoder.encode(stereo_mel(clip.audio_24k, codecs.audio_vae.config))
                 audio.append(codecs.audio_vae.tokens_from_latents(latents))
                 prompts.append(clip.prompt)
