@@ -127,8 +127,8 @@ class CodecsSection:
     audio_loss: str = "mse"
     audio_crop_frames: int = 65
     audio_crops: int = 4
-    # Vocoder.
-    vocoder_steps: int = 500
+    # Vocoder (from the true mel, held-out: 19 of 64 onsets after 500 steps, 63 after 2000).
+    vocoder_steps: int = 2000
     vocoder_batch: int = 3
     vocoder_frames: int = 48
     vocoder_lr: float = 3e-4
