@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 from omniforcing_core.checkpoint import load_prompt_encoder
 from omniforcing_core.decoders.mel import log_mel_spectrogram
 from omniforcing_core.demo_model import DEMO_BASE, DEMO_HEIGHT, DEMO_PROMPT, DEMO_WIDTH, demo_path
+from omniforcing_core.layout import VIDEO_FPS
 from omniforcing_core.pipeline import StreamPipeline
 from omniforcing_core.stream_run import StreamRequest, StreamRun
 
@@ -34,6 +35,7 @@ DEMO_TEMPLATE = "omniforcing_demo"
 TILES = (2, 2)  # columns, rows
 SPECTROGRAM_FLOOR, SPECTROGRAM_TOP = -6.0, 1.0
 SPECTROGRAM_TOP_HZ = 5000.0  # the world's tones (523-1480 Hz) and their first harmonics
+STRIP_HEIGHT = 96
 
 
 def template_stream(template: dict) -> dict:
@@ -121,7 +123,7 @@ def render_thumbnail(out_dir: Path = WORKFLOWS, seconds: int | None = None) -> P
     return path
 
 
-def spectrogram_strip(waveform: torch.Tensor, width: int, height: int = 96) -> Image.Image:
+def spectrogram_strip(waveform: torch.Tensor, width: int, height: int = STRIP_HEIGHT) -> Image.Image:
     """The sound's log-mel up to 5 kHz (low pitches at the bottom) stretched to ``width`` x ``height``."""
     mel = log_mel_spectrogram(waveform.float().mean(dim=0), sample_rate=24_000, n_fft=1024, hop_length=240, n_mels=64,
                               f_max=SPECTROGRAM_TOP_HZ)
@@ -136,10 +138,10 @@ def render_still(path: Path, seconds: int = 5) -> Path:
     """The README command's stream (its default prompt and seed): frames every half second
     in one row above the spectrogram of the same seconds."""
     frames, waveform = stream_media(DEMO_PROMPT, DEMO_WIDTH, DEMO_HEIGHT, seconds, seed=0)
-    picks = [min(round(n * 12), frames.shape[0] - 1) for n in range(1, 2 * seconds + 1)]
+    picks = [min(n * VIDEO_FPS // 2, frames.shape[0] - 1) for n in range(1, 2 * seconds + 1)]
     row = (frames[picks].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     row = np.concatenate(list(row), axis=1)
-    still = Image.new("RGB", (row.shape[1], row.shape[0] + 96))
+    still = Image.new("RGB", (row.shape[1], row.shape[0] + STRIP_HEIGHT))
     still.paste(Image.fromarray(row), (0, 0))
     still.paste(spectrogram_strip(waveform, row.shape[1]), (0, row.shape[0]))
     path.parent.mkdir(parents=True, exist_ok=True)
