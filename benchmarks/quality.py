@@ -45,6 +45,7 @@ from omniforcing_core.stream_run import DecodeOptions, StreamRequest, StreamRun,
 from omniforcing_core.train.codecs import EVAL_SEEDS, frames_to_pixels, stereo_mel
 from omniforcing_core.world import Scene, render_clip
 from omniforcing_core.world.detect import audio_onsets
+from omniforcing_core.world.grammar import parse
 from omniforcing_core.world.metrics import evaluate
 from omniforcing_core.world.scene import PITCHES
 
@@ -156,20 +157,35 @@ def blob_scores(frames: np.ndarray, seams: list[int]) -> dict[str, float]:
             "blob.seam_ratio": seam / max(within, 0.25)}
 
 
-def tone_scores(audio: np.ndarray, sample_rate: int = 24_000) -> dict[str, float]:
+def tone_scores(audio: np.ndarray, sample_rate: int = 24_000, prompt: str | None = None) -> dict[str, float]:
     """What the sound holds without the picture: tone onsets per second and the share of
-    them at one of the world's pitches (within a semitone; the pitches are 9 apart)."""
+    them at one of the world's pitches (within a semitone; the pitches are 9 apart). With a
+    prompt, also how the sound follows it (each kind of shape rings at its own pitch): the
+    share of the world-pitch tones at a pitch the prompt names, and the share of the named
+    kinds heard at least once."""
     onsets = audio_onsets(audio, sample_rate)
     seconds = audio.shape[-1] / sample_rate
-    cents = [min(abs(1200.0 * math.log2(onset.pitch / pitch)) for pitch in PITCHES.values()) for onset in onsets]
-    return {"tones.per_s": len(onsets) / seconds,
-            "tones.world_pitch_share": float(np.mean([c <= 100.0 for c in cents])) if cents else 0.0}
+    heard = [_world_kind(onset.pitch) for onset in onsets]
+    at_world = [kind for kind in heard if kind is not None]
+    scores = {"tones.per_s": len(onsets) / seconds,
+              "tones.world_pitch_share": len(at_world) / len(heard) if heard else 0.0}
+    if prompt is not None:
+        named = {kind for _, kind in parse(prompt)}
+        scores["tones.prompt_pitch_share"] = sum(k in named for k in at_world) / len(at_world) if at_world else 0.0
+        scores["tones.prompt_recall"] = len(named & set(at_world)) / len(named)
+    return scores
+
+
+def _world_kind(pitch: float) -> str | None:
+    """The kind of shape whose pitch is within a semitone of ``pitch``, if any."""
+    kind, reference = min(PITCHES.items(), key=lambda item: abs(math.log2(pitch / item[1])))
+    return kind if abs(1200.0 * math.log2(pitch / reference)) <= 100.0 else None
 
 
 def score(clip: dict, prompt: str, layout: BlockLayout) -> dict[str, float]:
     seams = boundaries(layout, clip["frames"].shape[0])
     return {**evaluate(clip["frames"], clip["audio"], 24_000, prompt, boundaries=seams),
-            **blob_scores(clip["frames"], seams), **tone_scores(clip["audio"]),
+            **blob_scores(clip["frames"], seams), **tone_scores(clip["audio"], prompt=prompt),
             "audio.rms": float(np.sqrt(np.mean(clip["audio"] ** 2)))}
 
 
@@ -182,7 +198,7 @@ def segments(clip: dict, prompt: str, layout: BlockLayout, seconds: int) -> list
         seams = [b - f0 for b in boundaries(layout, f1) if f0 < b < f1]
         frames = clip["frames"][f0:f1]
         results.append({**evaluate(frames, clip["audio"][:, a0:a1], 24_000, prompt, boundaries=seams),
-                        **blob_scores(frames, seams), **tone_scores(clip["audio"][:, a0:a1])})
+                        **blob_scores(frames, seams), **tone_scores(clip["audio"][:, a0:a1], prompt=prompt)})
     return results
 
 
@@ -198,7 +214,7 @@ def mean_scores(rows: list[dict[str, float]]) -> dict[str, float]:
 HEADLINE = ("sync.within_frame_share", "sync.median_abs_offset_ms", "sync.p90_abs_offset_ms", "sync.misses",
             "sync.false_alarms", "prompt.f1", "prompt.exact", "pitch.correct_share", "seam.ratio",
             "blob.foreground_share", "blob.seam_px", "blob.inside_px", "blob.seam_ratio", "tones.per_s",
-            "tones.world_pitch_share", "audio.rms")
+            "tones.world_pitch_share", "tones.prompt_pitch_share", "tones.prompt_recall", "audio.rms")
 
 
 def headline(scores: dict[str, float]) -> dict[str, float]:

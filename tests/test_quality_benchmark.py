@@ -4,6 +4,7 @@ reference line scores the world itself as found."""
 import json
 
 import numpy as np
+import pytest
 
 from benchmarks.quality import blob_scores, boundaries, main, tone_scores
 from omniforcing_core import BlockLayout
@@ -42,11 +43,16 @@ def test_tone_scores_count_the_world_s_tones_and_their_pitches():
     assert tone_scores(np.zeros((2, 24_000), dtype=np.float32)) == {"tones.per_s": 0.0, "tones.world_pitch_share": 0.0}
 
 
-def test_the_world_reference_line_scores_the_truth_as_found(capsys):
-    """The benchmark's first line: the detectors on held-out world clips themselves (the ceiling
-    every model's line is read against)."""
-    main(["--models", "world", "--seconds", "3", "--long", "0", "--threads", "1"])
-    line = json.loads(capsys.readouterr().out)
-    assert (line["model"], line["clips"], line["seconds"]) == ("world", 12, 3)
-    assert line["sync.within_frame_share"] > 0.95 and line["prompt.f1"] == 1.0 and line["pitch.correct_share"] == 1.0
-    assert line["tones.world_pitch_share"] > 0.95 and "fps" not in line
+def test_tone_scores_hear_whether_the_sound_follows_the_prompt():
+    clip = render_clip(Scene.sample(3, 3.0, (128, 192)))  # two wedges and a cube: no ball
+    assert set(clip.truth.kinds) == {"triangle", "square"}
+    truth = tone_scores(clip.audio_24k, prompt=clip.prompt)
+    assert truth["tones.prompt_pitch_share"] == 1.0 and truth["tones.prompt_recall"] == 1.0
+    # The same sound under a prompt naming only the kind the scene lacks: none of it follows.
+    ball = tone_scores(clip.audio_24k, prompt="a red ball bounces")
+    assert ball["tones.prompt_pitch_share"] == 0.0 and ball["tones.prompt_recall"] == 0.0
+    # Each kind rings at its own pitch: naming one of the two gets its tones' share, and
+    # the two shares make the whole.
+    wedge = tone_scores(clip.audio_24k, prompt="a red wedge bounces")["tones.prompt_pitch_share"]
+    cube = tone_scores(clip.audio_24k, prompt="a red cube bounces")["tones.prompt_pitch_share"]
+    assert 0.0 < wedge < 1.0 and wedge + cube == pytest.approx(1.0)
