@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from omniforcing_core.checkpoint import load_decoders, load_model, load_prompt_encoder
-from omniforcing_core.checkpoint.components import load_encoders
 from omniforcing_core.decoders.av_stream import AVStreamDecoder
 from omniforcing_core.demo_model import (
     DEMO_BASE,
@@ -42,7 +41,7 @@ from omniforcing_core.layout import VIDEO_FPS, BlockLayout, latent_grid
 from omniforcing_core.pipeline import StreamPipeline
 from omniforcing_core.sampler import StreamSettings
 from omniforcing_core.stream_run import DecodeOptions, StreamRequest, StreamRun, decode_latents
-from omniforcing_core.train.codecs import EVAL_SEEDS, frames_to_pixels, stereo_mel
+from omniforcing_core.train.codecs import EVAL_SEEDS, LoadedCodecs, encode_clip, load_codecs
 from omniforcing_core.world import Scene, render_clip
 from omniforcing_core.world.detect import audio_onsets
 from omniforcing_core.world.grammar import parse
@@ -117,13 +116,11 @@ def world_clips(seconds: int) -> list[tuple[str, dict]]:
     return clips
 
 
-def codec_clip(encoders, decoders, clip) -> dict:
+def codec_clip(codecs: LoadedCodecs, clip) -> dict:
     """A world clip through the base file's encoders and the streaming decoders (released blocks)."""
     with torch.no_grad():
-        video = encoders.video_encoder.encode(frames_to_pixels(clip.frames)[None])
-        mel = stereo_mel(clip.audio_24k, decoders.audio_vae.config)
-        audio = decoders.audio_vae.tokens_from_latents(encoders.audio_encoder.encode(mel))
-        decoder = AVStreamDecoder(decoders.video_vae, decoders.audio_vae, decoders.vocoder)
+        video, audio = encode_clip(codecs, clip)
+        decoder = AVStreamDecoder(codecs.video_vae, codecs.audio_vae, codecs.vocoder)
         decoded = [block.decoded for block in decode_latents(decoder, BlockLayout.released(), video, audio)]
     pixels, waveform = _to_numpy(torch.cat([d.frames for d in decoded]), torch.cat([d.waveform for d in decoded], -1))
     return {"frames": pixels, "audio": waveform}
@@ -241,8 +238,8 @@ def main(argv=None) -> None:
         if name in ("world", "codecs"):
             clips = world_clips(args.seconds)
             if name == "codecs":
-                encoders = load_encoders(base)
-                clips = [(p, codec_clip(encoders, decoders, c["clip"])) for p, c in clips]
+                codecs = load_codecs(base)
+                clips = [(p, codec_clip(codecs, c["clip"])) for p, c in clips]
             layout = BlockLayout.released()
             print(json.dumps({"model": name, "layout": layout.name, "clips": len(clips), "seconds": args.seconds,
                               **headline(mean_scores([score(c, p, layout) for p, c in clips]))}), flush=True)

@@ -280,6 +280,14 @@ def stereo_mel(audio_24k: np.ndarray | torch.Tensor, config: AudioVAEConfig) -> 
                                hop_length=config.mel_hop_length, n_mels=config.mel_bins)
 
 
+def encode_clip(codecs: Codecs | LoadedCodecs, clip) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rendered clip's normalised latents, as the transformer sees them: video [1, C, 1 + k, h, w]
+    and audio tokens [1, T, width]."""
+    video = codecs.video_encoder.encode(frames_to_pixels(clip.frames)[None])
+    mel = stereo_mel(clip.audio_24k, codecs.audio_vae.config)
+    return video, codecs.audio_vae.tokens_from_latents(codecs.audio_encoder.encode(mel))
+
+
 @functools.lru_cache(maxsize=4)
 def _scene_frames(seed: int, seconds: float, size: tuple[int, int]) -> tuple[Scene, np.ndarray]:
     scene = Scene.sample(seed, seconds, size)
@@ -622,9 +630,7 @@ def seam_errors(codecs: Codecs | LoadedCodecs, s: CodecsSection, clips: int = 4,
     encoded = []
     for i in range(clips):
         clip = render_clip(Scene.sample(EVAL_SEEDS + i, s.clip_seconds, s.size))
-        video = codecs.video_encoder.encode(frames_to_pixels(clip.frames)[None])
-        mel = stereo_mel(clip.audio_24k, codecs.audio_vae.config)
-        tokens = codecs.audio_vae.tokens_from_latents(codecs.audio_encoder.encode(mel))
+        video, tokens = encode_clip(codecs, clip)
         encoded.append((video, tokens, pixels_to_frames(codecs.video_vae.decode(video)) * 255.0,
                         decode_audio_clip(codecs.audio_vae, codecs.vocoder, tokens).waveform[0]))
     for layout in (BlockLayout.released(), BlockLayout.paper()):
@@ -824,9 +830,9 @@ def run_encode_world(config: TrainConfig, out: Path, *, codecs_path: Path | None
         with torch.no_grad():
             for index in indices:
                 clip = render_clip(Scene.sample(w.seed + index, w.seconds, s.size))
-                video.append(codecs.video_encoder.encode(frames_to_pixels(clip.frames)[None]))
-                latents = codecs.audio_encoder.encode(stereo_mel(clip.audio_24k, codecs.audio_vae.config))
-                audio.append(codecs.audio_vae.tokens_from_latents(latents))
+                clip_video, clip_audio = encode_clip(codecs, clip)
+                video.append(clip_video)
+                audio.append(clip_audio)
                 prompts.append(clip.prompt)
                 truths.append(_truth(clip))
         ids, _ = tokenizer.tokenize(prompts)
