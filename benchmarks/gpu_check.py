@@ -5,8 +5,9 @@
 
 Prints one JSON line per configuration (``benchmarks.stream``'s fields: TTFC, FPS, per-block
 times, peak GPU memory, the roofline), then one line per lever comparing it with the
-baseline, then the CUDA-only tests (``pytest -m cuda``) when a GPU is present. Weights are
-random bf16 (speed does not depend on their values).
+baseline, then the demo's video VAE training speed here against the CPU (what the demo's
+codec needs: many more steps than a CPU gives), then the CUDA-only tests (``pytest -m cuda``)
+when a GPU is present. Weights are random bf16 (speed does not depend on their values).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 import torch
 
 from benchmarks import stream
+from omniforcing_core.train import codecs as C
+from omniforcing_core.train.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,8 +95,38 @@ def run(args: argparse.Namespace) -> list[dict]:
         if extra:
             lines.append({"config": name, **result})
         lines.append(lever_line(name, baseline, result))
+    if args.codec_steps:
+        lines.append(codec_line(args.device, args.codec_steps))
     lines.append({"check": "done", "wall_s": round(time.perf_counter() - started, 1)})
     return lines
+
+
+def video_vae_steps_per_s(device: str, steps: int) -> float:
+    """Training steps per second of the demo's video VAE (demo.toml's recipe) on ``device``,
+    after two untimed steps."""
+    s = C.codecs_section(load_config(REPO / "omniforcing_core" / "train" / "configs" / "demo.toml"))
+    codecs = C.new_codecs(s).to(device)
+    module = codecs.part("video")
+    optimizer = torch.optim.AdamW(module.parameters(), lr=s.video_lr)
+    trainer = C.Trainer(codecs, s)
+    for step in range(2 + steps):
+        if step == 2:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = trainer.video(step)
+        loss.backward()
+        optimizer.step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+    return steps / (time.perf_counter() - started)
+
+
+def codec_line(device: str, steps: int) -> dict:
+    here, cpu = video_vae_steps_per_s(device, steps), video_vae_steps_per_s("cpu", max(steps // 10, 1))
+    return {"check": "video_vae_training", "device": device, "steps_per_s": round(here, 2),
+            "cpu_steps_per_s": round(cpu, 2), "ratio": round(here / cpu, 2)}
 
 
 def fp8_gemm_available(device: str) -> bool:
@@ -111,6 +144,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--no-tests", dest="tests", action="store_false", help="skip pytest -m cuda")
+    parser.add_argument("--codec-steps", type=int, default=50,
+                        help="timed steps of the demo's video VAE training (0: skip; the CPU gets a tenth)")
     parser.add_argument("--budget-s", type=float, default=360.0,
                         help="start no lever after this many seconds (the whole check must fit in 8 minutes)")
     return parser.parse_args(argv)

@@ -24,6 +24,7 @@ from .checkpoint import CheckpointError, load_prompt_encoder, open_checkpoint
 from .conditioning import ConditioningError, TextConditioning, load_text_conditioning
 from .demo import write_tiny_checkpoints
 from .demo_model import DEMO_BASE, DEMO_HEIGHT, DEMO_PROMPT, DEMO_WIDTH, demo_path
+from .host import device_problem
 from .kv_cache import POSITION_MODES
 from .media import MediaError, Mp4StreamWriter, check_output_path
 from .layout import LAYOUT_NAMES, check_resolution
@@ -261,12 +262,9 @@ def _check_stream_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 
 def _check_device(parser: argparse.ArgumentParser, name: str) -> None:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        parser.error(f"--device: {name!r} is not a device; use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {name}: this torch sees no CUDA GPU; use --device cpu")
+    problem = device_problem(name)
+    if problem:
+        parser.error(problem)
 
 
 def _check_context_file(parser: argparse.ArgumentParser, path: str) -> None:

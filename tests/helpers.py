@@ -12,6 +12,13 @@ from omniforcing_core.checkpoint import load_model
 
 DATA = Path(__file__).parent / "data"
 GOLDEN = DATA / "golden"
+# Codecs that train in a few seconds of CPU: 64 x 64 frames (2 x 2 latent cells), 1 s clips,
+# narrow models (the ``[codecs]`` fields).
+SMALL_CODECS = dict(height=64, width=64, clip_seconds=1.0, video_latent_channels=8, video_encoder_channels=4,
+                    video_decoder_channels=4, audio_latent_channels=4, audio_channels=4, vocoder_channels=32,
+                    video_frames=9, video_crop=(64, 64), clip_reuse=2, video_batch=1, audio_batch=1,
+                    vocoder_batch=1, vocoder_frames=24, warmup=1, stats_clips=2, eval_clips=0,
+                    checkpoint_every=1000, log_every=1000)
 
 
 def random_model(config: ModelConfig | None = None, seed: int = 0, std: float = 0.1) -> AVTransformer:

@@ -189,3 +189,17 @@ def test_the_readme_opens_with_the_demo():
     args = parse_args(command[3:])
     assert args.generator is None and not args.random_weights and args.prompt == DEMO_PROMPT
     assert install_and_test.endswith("&& python -m pytest -q")
+
+
+def test_the_readme_s_training_commands_are_the_engine_s():
+    from omniforcing_core.train import __main__ as train_cli
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Distill your own", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0]
+    commands = [shlex.split(line.split("#", 1)[0]) for line in block.splitlines()]
+    assert len(commands) == 4
+    for argv in commands:
+        module = argv.index("-m") + 1
+        assert argv[module] == "omniforcing_core.train"
+        assert argv[module + 1] in train_cli.COMMANDS + list(train_cli.CODEC_COMMANDS), argv
+        assert "--out" in argv

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from helpers import SMALL_CODECS
 from omniforcing_core.checkpoint import load_decoders
 from omniforcing_core.checkpoint.components import load_encoders
 from omniforcing_core.demo import randomize_
@@ -21,11 +22,6 @@ from omniforcing_core.train.__main__ import main
 from omniforcing_core.train.data import LatentShards
 from omniforcing_core.world import Scene, render_clip
 
-# A few seconds of CPU: 64 x 64 frames (2 x 2 latent cells), 1 s clips, narrow models.
-SMALL = dict(height=64, width=64, clip_seconds=1.0, video_latent_channels=8, video_encoder_channels=4,
-             video_decoder_channels=4, audio_latent_channels=4, audio_channels=4, vocoder_channels=32,
-             video_frames=9, video_crop=(64, 64), clip_reuse=2, video_batch=1, audio_batch=1, vocoder_batch=1, vocoder_frames=24,
-             warmup=1, stats_clips=2, eval_clips=0, checkpoint_every=1000, log_every=1000)
 TOML = """
 [codecs]
 {codecs}
@@ -39,11 +35,11 @@ shard_size = 2
 
 
 def small(**overrides) -> C.CodecsSection:
-    return C.CodecsSection(**{**SMALL, **overrides})
+    return C.CodecsSection(**{**SMALL_CODECS, **overrides})
 
 
 def write_config(folder: Path, **overrides) -> Path:
-    values = {**SMALL, "video_steps": 2, "audio_steps": 2, "vocoder_steps": 2, **overrides}
+    values = {**SMALL_CODECS, "video_steps": 2, "audio_steps": 2, "vocoder_steps": 2, **overrides}
     body = "\n".join(f"{key} = {json.dumps(value)}" for key, value in values.items())
     path = folder / "codecs.toml"
     path.write_text(TOML.format(codecs=body))
@@ -117,6 +113,26 @@ def test_the_command_writes_a_base_file_both_loaders_read(tmp_path):
     stamp = path.stat().st_mtime_ns
     assert main(["codecs", "--config", str(config), "--out", str(tmp_path / "run")]) == 0
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_the_codec_commands_run_on_the_device_given_and_refuse_one_they_cannot(tmp_path, monkeypatch, capsys):
+    config = write_config(tmp_path)
+    out = tmp_path / "run"
+    assert main(["codecs", "--config", str(config), "--out", str(out), "--device", "cpu"]) == 0
+    assert json.loads((out / "codecs" / "eval.json").read_text())["device"] == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    refusals = {
+        "gpu": "error: --device: 'gpu' is not a device; use cpu, cuda or cuda:N",
+        "cuda": "error: --device cuda: this torch sees no CUDA GPU; use --device cpu",
+    }
+    for device, message in refusals.items():
+        assert main(["encode-world", "--config", str(config), "--out", str(out), "--device", device]) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["encode-world", "--config", str(config), "--out", str(out)]) == 2
+    assert "encode-world runs in one process (the codecs are small): launch it with python, not torchrun" in (
+        capsys.readouterr().err)
+    assert not (out / "latents").exists()
 
 
 def test_encode_world_writes_shards_the_engine_reads(tmp_path):
@@ -217,10 +233,10 @@ def test_a_wider_decoder_starts_fresh_against_the_frozen_encoder(tmp_path):
     assert main(["codecs", "--config", str(config), "--out", str(out)]) == 0
     before_encoders, before_decoders = load_encoders(out / C.BASE_FILE), load_decoders(out / C.BASE_FILE)
     wider = write_config(tmp_path, video_decoder_steps=2, audio_decoder_steps=0, video_decoder_lr=3e-3, warmup=1,
-                         video_decoder_finetune_channels=2 * SMALL["video_decoder_channels"])
+                         video_decoder_finetune_channels=2 * SMALL_CODECS["video_decoder_channels"])
     assert main(["codecs-finetune", "--config", str(wider), "--out", str(out)]) == 0
     after_encoders, after_decoders = load_encoders(out / C.BASE_FILE), load_decoders(out / C.BASE_FILE)
-    assert after_decoders.video_vae.config.decoder_base_channels == 2 * SMALL["video_decoder_channels"]
+    assert after_decoders.video_vae.config.decoder_base_channels == 2 * SMALL_CODECS["video_decoder_channels"]
     assert torch.equal(after_decoders.video_vae.per_channel_statistics.get_buffer("std-of-means"),
                        before_decoders.video_vae.per_channel_statistics.get_buffer("std-of-means"))
     for a, b in zip(before_encoders.video_encoder.state_dict().values(), after_encoders.video_encoder.state_dict().values()):

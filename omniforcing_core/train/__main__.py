@@ -11,17 +11,19 @@ default), publishing each finished stage into the pack.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from ..host import device_problem
 from .config import TrainConfigError, load_config
-from .distributed import close_world, init_world
+from .distributed import close_world, init_world, pick_device
 from .runner import PIPELINE, run_stage
 
 CONFIGS = Path(__file__).parent / "configs"
 COMMANDS = [name.replace("_", "-") for name in PIPELINE] + ["all", "smoke", "demo"]
 DEFAULT_CONFIGS = {"smoke": "smoke.toml", "demo": "demo.toml"}
-# The world's codecs and its pre-encoded latents (``codecs.py``): single-process, CPU or GPU.
+# The world's codecs and its pre-encoded latents (``codecs.py``): one process, on the CPU or a GPU.
 CODEC_COMMANDS = {"codecs": "run_codecs", "encode-world": "run_encode_world", "codecs-finetune": "run_finetune_decoders"}
 
 
@@ -43,14 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     except TrainConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    device = args.device or config.run.device or None
+    problem = device and device_problem(device)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.command in CODEC_COMMANDS:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            print(f"error: {args.command} runs in one process (the codecs are small): launch it with python, "
+                  "not torchrun", file=sys.stderr)
+            return 2
         from . import codecs
 
         args.out.mkdir(parents=True, exist_ok=True)
-        getattr(codecs, CODEC_COMMANDS[args.command])(config, args.out)
+        getattr(codecs, CODEC_COMMANDS[args.command])(config, args.out, device=pick_device(device))
         return 0
     stages = PIPELINE if args.command in ("all", "smoke") else (args.command.replace("-", "_"),)
-    world = init_world(args.device or config.run.device or None)
+    world = init_world(device)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         if args.command == "demo":

@@ -24,6 +24,11 @@ light L2 penalty keeps the means' scale from drifting. After training each VAE's
 ``encode-world`` renders ``[world] count`` clips and writes them, encoded, as the latent
 shards ``LatentShards`` reads (``video``, ``audio``, ``prompt``), with each clip's ground
 truth in the shard metadata.
+
+Each command runs in one process on the device it is given (the CLI's ``--device``: the
+local GPU when there is one): clips are rendered on the CPU, the models and their steps run
+on the device, and what is written (base file, shards) is on the CPU. The latent noise is
+drawn on the CPU, so a run draws the same numbers on any device.
 """
 
 from __future__ import annotations
@@ -255,6 +260,13 @@ def new_codecs(s: CodecsSection) -> Codecs:
     return Codecs(s)
 
 
+def device_of(module: nn.Module | LoadedCodecs) -> torch.device:
+    """Where a model (or a loaded set of codecs: its video encoder) runs."""
+    if isinstance(module, LoadedCodecs):
+        module = module.video_encoder
+    return next(module.parameters()).device
+
+
 # Data: clips of the world, rendered on the fly ---------------------------------------
 
 
@@ -283,8 +295,9 @@ def stereo_mel(audio_24k: np.ndarray | torch.Tensor, config: AudioVAEConfig) -> 
 def encode_clip(codecs: Codecs | LoadedCodecs, clip) -> tuple[torch.Tensor, torch.Tensor]:
     """A rendered clip's normalised latents, as the transformer sees them: video [1, C, 1 + k, h, w]
     and audio tokens [1, T, width]."""
-    video = codecs.video_encoder.encode(frames_to_pixels(clip.frames)[None])
-    mel = stereo_mel(clip.audio_24k, codecs.audio_vae.config)
+    device = device_of(codecs.video_encoder)
+    video = codecs.video_encoder.encode(frames_to_pixels(clip.frames)[None].to(device))
+    mel = stereo_mel(clip.audio_24k, codecs.audio_vae.config).to(device)
     return video, codecs.audio_vae.tokens_from_latents(codecs.audio_encoder.encode(mel))
 
 
@@ -367,11 +380,12 @@ def foreground_weighted(error: torch.Tensor, foreground: torch.Tensor, weight: f
 
 
 def _noisy(mean: torch.Tensor, scale: float, generator: torch.Generator, channel_dims: tuple[int, ...]) -> torch.Tensor:
-    """``mean`` plus Gaussian noise of ``scale`` x each channel's std over the batch (detached)."""
+    """``mean`` plus Gaussian noise of ``scale`` x each channel's std over the batch (detached);
+    ``generator`` is a CPU one."""
     if scale <= 0:
         return mean
     std = mean.detach().std(dim=channel_dims, keepdim=True)
-    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+    noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
     return mean + scale * std * noise
 
 
@@ -407,10 +421,11 @@ class Trainer:
 
     def __init__(self, codecs: Codecs, s: CodecsSection):
         self.codecs, self.s = codecs, s
+        self.device = device_of(codecs)
 
     def video(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         c, s = self.codecs, self.s
-        pixels = video_batch(s, step)
+        pixels = video_batch(s, step).to(self.device)
         mean, _ = c.video_encoder.posterior(pixels)
         latents = _noisy(mean, s.latent_noise, torch.Generator().manual_seed(step), (0, 2, 3, 4))
         decoded = c.video_vae.decoder(latents, TemporalChunk.whole_clip(latents.shape[2]))
@@ -421,7 +436,7 @@ class Trainer:
 
     def audio(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         c, s = self.codecs, self.s
-        mel = stereo_mel(np.stack([a for _, a in audio_batch(s, step)]), c.audio_vae.config)
+        mel = stereo_mel(np.stack([a for _, a in audio_batch(s, step)]), c.audio_vae.config).to(self.device)
         if s.audio_crop_frames:
             mel = mel_windows(mel, s.audio_crop_frames, s.audio_crops, np.random.default_rng([s.seed, step]))
         mean, _ = c.audio_encoder.posterior(mel)
@@ -456,7 +471,7 @@ class Trainer:
             first = min(max(first, 0), last)
             mels.append(mel[:, first:first + s.vocoder_frames])
             waves.append(torch.from_numpy(audio[:, first * hop:(first + s.vocoder_frames) * hop]))
-        return torch.stack(mels), torch.stack(waves)
+        return torch.stack(mels).to(self.device), torch.stack(waves).to(self.device)
 
     def vocoder(self, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         mel, wave = self.vocoder_batch(step)
@@ -519,11 +534,11 @@ def train_part(codecs: Codecs, s: CodecsSection, part: str, folder: Path, *, log
 def set_statistics(codecs: Codecs, s: CodecsSection) -> dict[str, Any]:
     """Per-channel mean and std of the encoders' means over ``stats_clips`` training-like
     clips, written into both halves of each VAE: normalised latents are then ~N(0, 1)."""
-    video, audio = [], []
+    video, audio, device = [], [], device_of(codecs)
     for i in range(s.stats_clips):
         clip = render_clip(Scene.sample(STATS_SEEDS + i, s.clip_seconds, s.size))
-        video.append(codecs.video_encoder.posterior(frames_to_pixels(clip.frames)[None])[0])
-        mean, _ = codecs.audio_encoder.posterior(stereo_mel(clip.audio_24k, codecs.audio_vae.config))
+        video.append(codecs.video_encoder.posterior(frames_to_pixels(clip.frames)[None].to(device))[0])
+        mean, _ = codecs.audio_encoder.posterior(stereo_mel(clip.audio_24k, codecs.audio_vae.config).to(device))
         audio.append(codecs.audio_vae.tokens_from_latents(mean))
     video_values = torch.cat([v.movedim(1, -1).reshape(-1, v.shape[1]) for v in video])
     audio_values = torch.cat([a.reshape(-1, a.shape[-1]) for a in audio])
@@ -561,24 +576,24 @@ def match_onsets(reference: list, decoded: list, window_s: float = 0.05) -> dict
 @torch.no_grad()
 def decode_audio(codecs: Codecs | Any, tokens: torch.Tensor, samples: int) -> np.ndarray:
     """Normalised audio tokens [1, T, C] -> 24 kHz stereo [2, samples] (whole clip)."""
-    return codecs.vocoder(codecs.audio_vae(tokens))[0, :, :samples].float().numpy()
+    return codecs.vocoder(codecs.audio_vae(tokens))[0, :, :samples].float().cpu().numpy()
 
 
 @torch.no_grad()
 def evaluate(codecs: Codecs, s: CodecsSection, clips: int | None = None) -> dict[str, Any]:
     """Held-out clips through encode -> whole-clip decode: PSNR, positions, onsets."""
     psnrs, mean_px, max_px, missing = [], [], [], []
-    truth_px = []
+    truth_px, device = [], device_of(codecs)
     onset_rows, vocoder_rows = [], []
     for i in range(s.eval_clips if clips is None else clips):
         clip = render_clip(Scene.sample(EVAL_SEEDS + i, s.clip_seconds, s.size))
-        latents = codecs.video_encoder.encode(frames_to_pixels(clip.frames)[None])
-        frames = pixels_to_frames(codecs.video_vae.decode(latents)).numpy()
+        latents = codecs.video_encoder.encode(frames_to_pixels(clip.frames)[None].to(device))
+        frames = pixels_to_frames(codecs.video_vae.decode(latents)).cpu().numpy()
         decoded_u8 = np.round(frames * 255.0).astype(np.uint8)
         mse = float(np.mean((decoded_u8.astype(np.float64) - clip.frames) ** 2))
         psnrs.append(psnr(mse, 255.0))
         samples = clip.audio_24k.shape[1]
-        mel = stereo_mel(clip.audio_24k, codecs.audio_vae.config)
+        mel = stereo_mel(clip.audio_24k, codecs.audio_vae.config).to(device)
         tokens = codecs.audio_vae.tokens_from_latents(codecs.audio_encoder.encode(mel))
         sound = decode_audio(codecs, tokens, samples)
         det = detect_clip(decoded_u8, sound, AUDIO_RATE)
@@ -588,7 +603,7 @@ def evaluate(codecs: Codecs, s: CodecsSection, clips: int | None = None) -> dict
                                        clip.truth.positions, clip.truth.colours)["max_px"])
         reference = audio_onsets(clip.audio_24k, AUDIO_RATE)
         onset_rows.append(match_onsets(reference, audio_onsets(sound, AUDIO_RATE)))
-        vocoded = codecs.vocoder(mel)[0, :, :samples].numpy()
+        vocoded = codecs.vocoder(mel)[0, :, :samples].cpu().numpy()
         vocoder_rows.append(match_onsets(reference, audio_onsets(vocoded, AUDIO_RATE)))
 
     def pooled(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -715,8 +730,8 @@ class LoadedCodecs:
     vocoder: Vocoder
 
 
-def load_codecs(path: str | Path) -> LoadedCodecs:
-    decoders, encoders = load_decoders(path), load_encoders(path)
+def load_codecs(path: str | Path, device: torch.device | str = "cpu") -> LoadedCodecs:
+    decoders, encoders = load_decoders(path, device=device), load_encoders(path, device=device)
     return LoadedCodecs(encoders.video_encoder, decoders.video_vae, encoders.audio_encoder,
                         decoders.audio_vae, decoders.vocoder)
 
@@ -724,8 +739,8 @@ def load_codecs(path: str | Path) -> LoadedCodecs:
 # Commands ----------------------------------------------------------------------------
 
 
-def run_codecs(config: TrainConfig, out: Path, *, log: bool = True) -> Path:
-    """Train the three codecs (resumable), set the statistics, evaluate, write the base file."""
+def run_codecs(config: TrainConfig, out: Path, *, device: torch.device | str = "cpu", log: bool = True) -> Path:
+    """Train the three codecs on ``device`` (resumable), set the statistics, evaluate, write the base file."""
     s = codecs_section(config)
     out = Path(out)
     path = out / BASE_FILE
@@ -735,7 +750,7 @@ def run_codecs(config: TrainConfig, out: Path, *, log: bool = True) -> Path:
         return path
     folder = path.parent
     folder.mkdir(parents=True, exist_ok=True)
-    codecs = new_codecs(s)
+    codecs = new_codecs(s).to(device)
     timings = {}
     for part in PARTS:
         started = time.perf_counter()
@@ -745,16 +760,17 @@ def run_codecs(config: TrainConfig, out: Path, *, log: bool = True) -> Path:
     report = evaluate(codecs, s) if s.eval_clips else {}
     if log:
         print(f"[codecs] held-out: {json.dumps(report)}", file=sys.stderr, flush=True)
-    (folder / "eval.json").write_text(json.dumps({"eval": report, "statistics": stats,
+    (folder / "eval.json").write_text(json.dumps({"eval": report, "statistics": stats, "device": str(device),
                                                   "train_seconds_this_run": timings}, indent=2))
-    return write_base_file(codecs, s, path, {"config": asdict(s), "eval": report, "statistics": stats})
+    return write_base_file(codecs.cpu(), s, path, {"config": asdict(s), "eval": report, "statistics": stats})
 
 
 FINETUNE_PARTS = ("video_decoder", "audio_decoder")
 FINETUNE_MARKER = "finetuned.json"  # beside the base file once its decoders are fine-tuned
 
 
-def run_finetune_decoders(config: TrainConfig, out: Path, *, log: bool = True) -> Path:
+def run_finetune_decoders(config: TrainConfig, out: Path, *, device: torch.device | str = "cpu",
+                          log: bool = True) -> Path:
     """Continue the VAE decoders' training on a finished base file with the encoders and the
     statistics frozen (the latents keep their meaning); the base file is rewritten, the one
     it started from kept beside it as ``demo_base.before-finetune.safetensors``."""
@@ -783,6 +799,7 @@ def run_finetune_decoders(config: TrainConfig, out: Path, *, log: bool = True) -
             ours.per_channel_statistics.load_state_dict(theirs.per_channel_statistics.state_dict())
             if log:
                 print(f"[codecs-finetune] {name}: a fresh decoder of the configured width", file=sys.stderr, flush=True)
+    codecs.to(device)
     codecs.video_encoder.requires_grad_(False)
     codecs.audio_encoder.requires_grad_(False)
     timings = {}
@@ -794,8 +811,9 @@ def run_finetune_decoders(config: TrainConfig, out: Path, *, log: bool = True) -
     report = evaluate(codecs, s) if s.eval_clips else {}
     if log:
         print(f"[codecs-finetune] held-out: {json.dumps(report)}", file=sys.stderr, flush=True)
-    (path.parent / "eval.json").write_text(json.dumps({"eval": report, "finetune_seconds": timings}, indent=2))
-    write_base_file(codecs, s, path, {"config": asdict(s), "eval": report, "finetuned": list(FINETUNE_PARTS)})
+    (path.parent / "eval.json").write_text(json.dumps({"eval": report, "device": str(device),
+                                                       "finetune_seconds": timings}, indent=2))
+    write_base_file(codecs.cpu(), s, path, {"config": asdict(s), "eval": report, "finetuned": list(FINETUNE_PARTS)})
     done.write_text(json.dumps({"eval": report, "seconds": timings}))
     return path
 
@@ -810,12 +828,13 @@ def _truth(clip) -> dict[str, Any]:
     }
 
 
-def run_encode_world(config: TrainConfig, out: Path, *, codecs_path: Path | None = None, log: bool = True) -> Path:
+def run_encode_world(config: TrainConfig, out: Path, *, codecs_path: Path | None = None,
+                     device: torch.device | str = "cpu", log: bool = True) -> Path:
     """Render ``[world] count`` clips and encode them into ``out/latents/shard-XXXXX.safetensors``
     (existing shards are kept: a stopped run continues)."""
     w, s = world_section(config), codecs_section(config)
     out = Path(out)
-    codecs = load_codecs(codecs_path or out / BASE_FILE)
+    codecs = load_codecs(codecs_path or out / BASE_FILE, device)
     tokenizer = WorldPromptEncoder(WorldPromptConfig(max_tokens=w.max_tokens))
     folder = out / "latents"
     folder.mkdir(parents=True, exist_ok=True)
@@ -831,8 +850,8 @@ def run_encode_world(config: TrainConfig, out: Path, *, codecs_path: Path | None
             for index in indices:
                 clip = render_clip(Scene.sample(w.seed + index, w.seconds, s.size))
                 clip_video, clip_audio = encode_clip(codecs, clip)
-                video.append(clip_video)
-                audio.append(clip_audio)
+                video.append(clip_video.cpu())
+                audio.append(clip_audio.cpu())
                 prompts.append(clip.prompt)
                 truths.append(_truth(clip))
         ids, _ = tokenizer.tokenize(prompts)

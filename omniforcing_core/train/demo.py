@@ -114,13 +114,13 @@ def run_demo(config: TrainConfig, out: Path, world: World, assets: Path = DEMO_F
     out = Path(out)
     seed_run(out, assets)
     if world.is_main:
-        run_codecs(config, out)
-        run_finetune_decoders(config, out)
+        run_codecs(config, out, device=world.device)
+        run_finetune_decoders(config, out, device=world.device)
         # The encoded world feeds the teacher and the DMD stages (their prompts and shapes).
         data_stages = [out / STAGE_OUTPUTS[s] for s in ("teacher", "stage1", "stage3")]
         data_stages.append(out / "released" / STAGE_OUTPUTS["stage3"])
         if not all(p.exists() for p in data_stages) and not any((out / "latents").glob("*.safetensors")):
-            run_encode_world(config, out)
+            run_encode_world(config, out, device=world.device)
         publish(out, assets, config)
     _barrier(world)
     released = released_variant(config)

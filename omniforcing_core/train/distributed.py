@@ -52,10 +52,10 @@ def init_world(device: str | None = None) -> World:
     """Join torchrun's process group if launched by it; otherwise a world of one."""
     if "WORLD_SIZE" not in os.environ or dist.is_initialized():
         if dist.is_initialized():
-            return World(dist.get_rank(), dist.get_world_size(), _device(device, dist.get_rank()))
-        return World(0, 1, _device(device, 0))
+            return World(dist.get_rank(), dist.get_world_size(), pick_device(device, dist.get_rank()))
+        return World(0, 1, pick_device(device, 0))
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    target = _device(device, int(os.environ.get("LOCAL_RANK", rank)))
+    target = pick_device(device, int(os.environ.get("LOCAL_RANK", rank)))
     if target.type == "cuda":
         torch.cuda.set_device(target)
     dist.init_process_group("nccl" if target.type == "cuda" else "gloo")
@@ -67,7 +67,8 @@ def close_world() -> None:
         dist.destroy_process_group()
 
 
-def _device(requested: str | None, local_rank: int) -> torch.device:
+def pick_device(requested: str | None, local_rank: int = 0) -> torch.device:
+    """The requested device, else this rank's GPU when there is one, else the CPU."""
     if requested:
         return torch.device(requested)
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
