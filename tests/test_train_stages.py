@@ -13,6 +13,7 @@ from omniforcing_core import BlockLayout, ModelConfig, StreamingSampler, StreamS
 from omniforcing_core.checkpoint import load_model
 from omniforcing_core.train.__main__ import CONFIGS, main
 from omniforcing_core.train.config import TrainConfigError, load_config
+from omniforcing_core.train.data import write_shard
 from omniforcing_core.train.distributed import World
 from omniforcing_core.train.runner import run_stage, with_stage_steps
 from omniforcing_core.train.stages import (
@@ -156,6 +157,33 @@ def test_config_errors_name_the_section_and_key(tmp_path):
     assert good.stage("stage3").betas == (0.5, 0.9)
     with pytest.raises(TrainConfigError, match="section.key=value"):
         load_config(CONFIGS / "smoke.toml", ["steps=7"])
+    with pytest.raises(TrainConfigError, match=r"^\[stage2\] steps must be an integer >= 0, got -1$"):
+        load_config(CONFIGS / "smoke.toml", ["stage2.steps=-1"])
+    with pytest.raises(TrainConfigError, match=r"^\[stage1\] batch must be an integer >= 1, got 0$"):
+        load_config(CONFIGS / "smoke.toml", ["stage1.batch=0"])
+
+
+def test_missing_or_misfitting_latents_are_refused_before_a_model_is_built(tmp_path, monkeypatch, capsys):
+    import omniforcing_core.train.runner as runner
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was built before the data was checked")
+
+    monkeypatch.setattr(runner, "AVTransformer", no_model)
+    out = tmp_path / "run"
+    shards = ["--set", 'data.kind="shards"', "--set", 'data.path="latents"']
+    assert main(["teacher", "--config", str(CONFIGS / "smoke.toml"), "--out", str(out), *shards]) == 2
+    err = capsys.readouterr().err
+    assert f"error: [data] path = 'latents' ({out / 'latents'}): no shards (*.safetensors) in {out / 'latents'}" in err
+    assert "a relative path is inside --out, where encode-world writes latents/" in err
+    # Latents of another codec: 8 channels where the tiny preset takes 128.
+    (out / "latents").mkdir()
+    write_shard(out / "latents" / "shard-00000.safetensors", {
+        "video": torch.zeros(2, 8, 3, 2, 2), "audio": torch.zeros(2, 17, 128), "prompt": torch.zeros(2, 12, dtype=torch.long)})
+    assert main(["teacher", "--config", str(CONFIGS / "smoke.toml"), "--out", str(out), *shards]) == 2
+    assert ("the shards hold video latents of 8 channels on a 2x2 grid and audio tokens 128 wide; the model takes "
+            "128 channels on 2x2 ([data] height/width 64x64) and tokens 128 wide") in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["latents"]
 
 
 @pytest.fixture(scope="module")

@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         for stage in stages:
             run_stage(config, args.out, world, stage)
+    except TrainConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         close_world()
     return 0

@@ -153,9 +153,9 @@ class StageSection:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "grad_accum", "critic_updates", "count", "teacher_steps", "shard_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < (0 if name == "steps" else 1):
-                raise TrainConfigError(f"stage setting {name} must be an integer >= 1, got {value!r}")
+            value, least = getattr(self, name), 0 if name == "steps" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise TrainConfigError(f"{name} must be an integer >= {least}, got {value!r}")
         if not 0 <= self.text_dropout < 1:
             raise TrainConfigError(f"text_dropout must be in [0, 1), got {self.text_dropout}")
 
@@ -185,6 +185,14 @@ def parse_section(cls, table: Mapping[str, Any], where: str):
     return cls(**values)
 
 
+def _stage_section(table: Mapping[str, Any], name: str) -> StageSection:
+    try:
+        return parse_section(StageSection, table, name)
+    except TrainConfigError as exc:
+        message = str(exc)
+        raise TrainConfigError(message if message.startswith("[") else f"[{name}] {message}") from None
+
+
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a TOML config; ``overrides`` like ``"stage2.steps=50"`` replace single values
     (the value is a TOML literal: ``run.dtype="bfloat16"``, ``stage3.betas=[0.0, 0.999]``)."""
@@ -209,7 +217,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     if unknown:
         raise TrainConfigError(f"{path}: unknown sections {unknown}; allowed: {sorted(allowed)}")
     parsed = {name: parse_section(cls, raw.get(name, {}), name) for name, cls in sections.items()}
-    stages = {name: parse_section(StageSection, raw[name], name) for name in STAGES if name in raw}
+    stages = {name: _stage_section(raw[name], name) for name in STAGES if name in raw}
     extra = {"sigmas": tuple(float(s) for s in raw["sigmas"])} if "sigmas" in raw else {}
     other = {name: raw[name] for name in OTHER_SECTIONS if name in raw}
     return TrainConfig(**parsed, stages=stages, other=other, **extra)

@@ -31,7 +31,7 @@ from ..checkpoint import load_model, save_checkpoint
 from ..config import ModelConfig
 from ..layout import BlockLayout, latent_grid
 from ..transformer import AVTransformer
-from .config import StageSection, TrainConfig
+from .config import StageSection, TrainConfig, TrainConfigError
 from .data import LatentShards, SyntheticLatents, batch_at, sample_indices, write_shard
 from .distributed import (
     EMA,
@@ -86,6 +86,7 @@ class Run:
         self.grid = latent_grid(config.data.height, config.data.width)
         self.dtype = config.run.compute_dtype
         self.folder = self.out / stage
+        self._dataset = None
 
     @property
     def device(self) -> torch.device:
@@ -201,16 +202,36 @@ class Run:
         return StreamWeights(self.section.video_weight, self.section.audio_weight)
 
     def dataset(self):
+        """The stage's samples, opened (and checked against the model) once."""
+        if self._dataset is None:
+            self._dataset = self._open_dataset()
+        return self._dataset
+
+    def _open_dataset(self):
         d = self.config.data
+        c = self.config.model.student_config()
         if d.kind == "synthetic":
             ids, _ = WorldPromptEncoder(self.prompt_config()).tokenize(list(SMOKE_PROMPTS[: d.prompts]))
-            c = self.config.model.student_config()
             return SyntheticLatents(self.layout, d.seconds, self.grid, ids, (c.video_in_channels, c.audio_in_channels),
                                     size=d.size)
-        if d.kind == "shards":
-            # A relative path is inside the run folder (where encode-world writes).
-            return LatentShards(self.out / d.path)
-        raise ValueError(f"[data] kind must be 'synthetic' or 'shards', got {d.kind!r}")
+        if d.kind != "shards":
+            raise TrainConfigError(f"[data] kind must be 'synthetic' or 'shards', got {d.kind!r}")
+        # A relative path is inside the run folder (where encode-world writes).
+        where = f"[data] path = {d.path!r} ({self.out / d.path})"
+        try:
+            shards = LatentShards(self.out / d.path)
+        except (FileNotFoundError, ValueError) as error:
+            raise TrainConfigError(f"{where}: {error}; a relative path is inside --out, where encode-world "
+                                   "writes latents/") from error
+        sample = shards.sample(0)
+        video, audio = tuple(sample["video"].shape), tuple(sample["audio"].shape)
+        if video[0] != c.video_in_channels or video[2:] != self.grid or audio[-1] != c.audio_in_channels:
+            raise TrainConfigError(
+                f"{where}: the shards hold video latents of {video[0]} channels on a {video[2]}x{video[3]} grid and "
+                f"audio tokens {audio[-1]} wide; the model takes {c.video_in_channels} channels on "
+                f"{self.grid[0]}x{self.grid[1]} ([data] height/width {self.config.data.height}x{self.config.data.width})"
+                f" and tokens {c.audio_in_channels} wide ([model] video_channels / audio_channels)")
+        return shards
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -460,6 +481,8 @@ def _barrier(world: World) -> None:
         dist.barrier()
 
 
+# The stages that read [data]: checked before any model of theirs is built.
+READS_DATA = ("teacher", "stage1", "ode_pairs", "stage3")
 RUNNERS = {
     "teacher": run_teacher,
     "stage1": run_stage1,
@@ -477,6 +500,8 @@ def run_stage(config: TrainConfig, out: Path, world: World, stage: str) -> bool:
     if run.done():
         run.log_line(f"{STAGE_OUTPUTS[stage]} exists: skipped")
         return False
+    if stage in READS_DATA:
+        run.dataset()
     run.folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     RUNNERS[stage](run)
