@@ -260,10 +260,7 @@ def new_codecs(s: CodecsSection) -> Codecs:
     return Codecs(s)
 
 
-def device_of(module: nn.Module | LoadedCodecs) -> torch.device:
-    """Where a model (or a loaded set of codecs: its video encoder) runs."""
-    if isinstance(module, LoadedCodecs):
-        module = module.video_encoder
+def device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
