@@ -93,5 +93,5 @@ def test_the_codec_commands_run_on_the_gpu_and_write_cpu_files(tmp_path):
     video, audio = C.encode_clip(codecs, clip)
     sample = LatentShards(out / "latents").sample(1)
     assert sample["video"].device.type == "cpu"
-    # TF32 convolutions on the GPU: a few thousandths apart; a latent from the wrong clip or device is O(1) off.
+    # TF32 convolutions on the GPU put them a few thousandths apart; another clip's latents are O(1) off.
     assert (sample["video"] - video[0]).abs().max() < 0.05 and (sample["audio"] - audio[0]).abs().max() < 0.05
