@@ -67,12 +67,13 @@ def _to_numpy(frames: torch.Tensor, waveform: torch.Tensor) -> tuple[np.ndarray,
 
 
 def stream_clip(pipeline: StreamPipeline, text, seconds: int, seed: int, settings: StreamSettings,
-                overlap: bool = True) -> dict:
+                overlap: bool = True, video_lookahead: int = 0) -> dict:
     """Frames, sound and timings of one stream, decoded block by block."""
     start = time.perf_counter()
     first = None
+    decode = DecodeOptions(overlap=overlap, video_lookahead=video_lookahead)
     run = StreamRun(pipeline, StreamRequest(text, seconds, DEMO_HEIGHT, DEMO_WIDTH, seed, settings,
-                                            decode=DecodeOptions(overlap=overlap), keep_latents=False))
+                                            decode=decode, keep_latents=False))
     with torch.no_grad(), run:
         for _ in run:
             first = first or time.perf_counter() - start
@@ -82,7 +83,7 @@ def stream_clip(pipeline: StreamPipeline, text, seconds: int, seed: int, setting
 
 
 def teacher_clip(teacher, pipeline: StreamPipeline, encoder, prompt: str, seconds: int, seed: int, steps: int,
-                 guidance: float) -> dict:
+                 guidance: float, video_lookahead: int = 0) -> dict:
     """The bidirectional teacher: the whole clip at once, many steps with CFG."""
     from omniforcing_core.train.stages import Guidance, teacher_grid, teacher_sample
 
@@ -98,7 +99,8 @@ def teacher_clip(teacher, pipeline: StreamPipeline, encoder, prompt: str, second
         cond, uncond = encoder(prompt), encoder("")
         (video, audio), _ = teacher_sample(teacher, noise_video, noise_audio, cond, uncond,
                                            Guidance(guidance, guidance), teacher_grid(steps, ()))
-        decoded = [block.decoded for block in decode_latents(pipeline.decoder(), layout, video, audio)]
+        decoder = pipeline.decoder(video_lookahead_latents=video_lookahead)
+        decoded = [block.decoded for block in decode_latents(decoder, layout, video, audio)]
     total = time.perf_counter() - start
     pixels, waveform = _to_numpy(torch.cat([d.frames for d in decoded]), torch.cat([d.waveform for d in decoded], -1))
     return {"frames": pixels, "audio": waveform, "ttfc_s": total, "fps": pixels.shape[0] / total, "total_s": total}
@@ -116,11 +118,12 @@ def world_clips(seconds: int) -> list[tuple[str, dict]]:
     return clips
 
 
-def codec_clip(codecs: LoadedCodecs, clip) -> dict:
+def codec_clip(codecs: LoadedCodecs, clip, video_lookahead: int = 0) -> dict:
     """A world clip through the base file's encoders and the streaming decoders (released blocks)."""
     with torch.no_grad():
         video, audio = encode_clip(codecs, clip)
-        decoder = AVStreamDecoder(codecs.video_vae, codecs.audio_vae, codecs.vocoder)
+        decoder = AVStreamDecoder(codecs.video_vae, codecs.audio_vae, codecs.vocoder,
+                                  video_lookahead_latents=video_lookahead)
         decoded = [block.decoded for block in decode_latents(decoder, BlockLayout.released(), video, audio)]
     pixels, waveform = _to_numpy(torch.cat([d.frames for d in decoded]), torch.cat([d.waveform for d in decoded], -1))
     return {"frames": pixels, "audio": waveform}
@@ -228,7 +231,10 @@ def main(argv=None) -> None:
     parser.add_argument("--teacher-steps", type=int, default=24)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--video-lookahead", type=int, default=0,
+                        help="latents the video decode holds back, as --video-lookahead streams (7: seamless)")
     args = parser.parse_args(argv)
+    lookahead = args.video_lookahead
     torch.set_num_threads(args.threads)
     base = demo_path(DEMO_BASE)
     encoder = load_prompt_encoder(base)
@@ -239,9 +245,10 @@ def main(argv=None) -> None:
             clips = world_clips(args.seconds)
             if name == "codecs":
                 codecs = load_codecs(base)
-                clips = [(p, codec_clip(codecs, c["clip"])) for p, c in clips]
+                clips = [(p, codec_clip(codecs, c["clip"], lookahead)) for p, c in clips]
             layout = BlockLayout.released()
             print(json.dumps({"model": name, "layout": layout.name, "clips": len(clips), "seconds": args.seconds,
+                              **({"video_lookahead": lookahead} if name == "codecs" else {}),
                               **headline(mean_scores([score(c, p, layout) for p, c in clips]))}), flush=True)
             continue
         if name == "teacher":
@@ -249,7 +256,7 @@ def main(argv=None) -> None:
             pipeline = StreamPipeline(teacher.model, BlockLayout.released(), decoders.video_vae, decoders.audio_vae,
                                       decoders.vocoder)
             clips = [(p, teacher_clip(teacher.model, pipeline, encoder, p, args.seconds, s, args.teacher_steps,
-                                      args.guidance)) for p in PROMPTS for s in SEEDS]
+                                      args.guidance, lookahead)) for p in PROMPTS for s in SEEDS]
             teacher_total = statistics.fmean(c["total_s"] for _, c in clips)
         else:
             files = {"student": demo_path(DEMO_GENERATOR), "released": demo_path(DEMO_RELEASED_GENERATOR),
@@ -257,14 +264,15 @@ def main(argv=None) -> None:
             loaded = load_model(files[name], dtype=torch.float32)
             pipeline = StreamPipeline(loaded.model, loaded.layout, decoders.video_vae, decoders.audio_vae,
                                       decoders.vocoder)
-            clips = [(p, stream_clip(pipeline, encoder(p), args.seconds, s, StreamSettings())) for p in PROMPTS
-                     for s in SEEDS]
+            clips = [(p, stream_clip(pipeline, encoder(p), args.seconds, s, StreamSettings(),
+                                     video_lookahead=lookahead)) for p in PROMPTS for s in SEEDS]
         line = {
             "model": name,
             "layout": pipeline.layout.name,
             "sink_tokens": pipeline.transformer.config.audio_sink_tokens,
             "clips": len(clips),
             "seconds": args.seconds,
+            "video_lookahead": lookahead,
             **headline(mean_scores([score(c, p, pipeline.layout) for p, c in clips])),
             "ttfc_s": round(statistics.fmean(c["ttfc_s"] for _, c in clips), 3),
             "fps": round(statistics.fmean(c["fps"] for _, c in clips), 1),
@@ -276,7 +284,7 @@ def main(argv=None) -> None:
             for mode in ("absolute", "rebased"):
                 settings = StreamSettings(window_blocks=args.window, position_mode=mode)
                 prompt = PROMPTS[3]
-                clip = stream_clip(pipeline, encoder(prompt), args.long, SEEDS[0], settings)
+                clip = stream_clip(pipeline, encoder(prompt), args.long, SEEDS[0], settings, video_lookahead=lookahead)
                 line[f"long_{mode}"] = [headline(s) for s in segments(clip, prompt, pipeline.layout, args.long)]
         print(json.dumps(line), flush=True)
 

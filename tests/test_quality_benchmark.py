@@ -5,9 +5,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from benchmarks.quality import blob_scores, boundaries, main, tone_scores
+from benchmarks.quality import blob_scores, boundaries, codec_clip, main, tone_scores
 from omniforcing_core import BlockLayout
+from omniforcing_core.decoders.video_stream import exact_lookahead_latents
+from omniforcing_core.decoders.video_vae import pixels_to_frames
+from omniforcing_core.demo_model import DEMO_BASE, demo_available, demo_path
+from omniforcing_core.train.codecs import EVAL_SEEDS, encode_clip, load_codecs
 from omniforcing_core.world import Scene, render_clip
 from omniforcing_core.world.render import render_audio
 from omniforcing_core.world.scene import PITCHES
@@ -56,3 +61,18 @@ def test_tone_scores_hear_whether_the_sound_follows_the_prompt():
     wedge = tone_scores(clip.audio_24k, prompt="a red wedge bounces")["tones.prompt_pitch_share"]
     cube = tone_scores(clip.audio_24k, prompt="a red cube bounces")["tones.prompt_pitch_share"]
     assert 0.0 < wedge < 1.0 and wedge + cube == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not demo_available(), reason="the trained demo files are not in omniforcing_core/assets/demo")
+def test_the_codecs_line_decodes_with_the_look_ahead_asked_for():
+    codecs = load_codecs(demo_path(DEMO_BASE))
+    clip = render_clip(Scene.sample(EVAL_SEEDS, 3.0, (128, 192)))
+    with torch.no_grad():
+        whole = pixels_to_frames(codecs.video_vae.decode(encode_clip(codecs, clip)[0])).clamp(0, 1).numpy()
+    whole = np.round(whole * 255).astype(np.int16)
+
+    def off(lookahead: int) -> int:
+        return int(np.abs(codec_clip(codecs, clip, lookahead)["frames"].astype(np.int16) - whole).max())
+
+    # The exact look-ahead streams the whole-clip decode (to a level); none shows seams (~200 levels).
+    assert off(exact_lookahead_latents(codecs.video_vae.config)) <= 1 < 50 < off(0)
