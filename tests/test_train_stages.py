@@ -217,10 +217,16 @@ def test_smoke_leaves_a_student_that_load_model_loads_and_the_sampler_streams(sm
     assert provenance["stages"]["stage2"]["steps"] == 10
 
 
-def test_a_rerun_skips_finished_stages(smoke_run, capsys):
+def test_a_rerun_skips_finished_stages_and_says_which_settings_it_made_them_with(smoke_run, capsys):
     before = (smoke_run / "stage2" / "student.safetensors").stat().st_mtime_ns
     assert main(["stage2", "--config", str(CONFIGS / "smoke.toml"), "--out", str(smoke_run)]) == 0
-    assert "exists: skipped" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip() == "[stage2] stage2/student.safetensors exists: skipped"
+    # A changed setting does not retrain a finished stage silently.
+    for stage, change, then, now in (("stage2", "stage2.lr=1e-3", "lr=0.0005", "lr=0.001"),
+                                     ("ode-pairs", "ode_pairs.teacher_steps=9", "teacher_steps=8", "teacher_steps=9")):
+        assert main([stage, "--config", str(CONFIGS / "smoke.toml"), "--out", str(smoke_run), "--set", change]) == 0
+        assert (f"exists: skipped (made with {then}; this config says {now}: move it aside to run "
+                f"{stage.replace('-', '_')} again)") in capsys.readouterr().err
     assert (smoke_run / "stage2" / "student.safetensors").stat().st_mtime_ns == before
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -62,6 +63,8 @@ from .stages import (
 )
 from ..world.prompts import WorldPromptConfig, WorldPromptEncoder
 
+# Metadata key of the stage settings a finished output was made with.
+SETTINGS_KEY = "omniforcing_stage_settings"
 STAGE_OUTPUTS = {
     "teacher": "teacher/teacher.safetensors",
     "stage1": "stage1/generator.safetensors",
@@ -94,6 +97,22 @@ class Run:
 
     def done(self) -> bool:
         return (self.out / STAGE_OUTPUTS[self.stage]).exists()
+
+    def settings(self) -> dict:
+        """The stage's section as stored beside its output (JSON values)."""
+        return json.loads(json.dumps(asdict(self.section)))
+
+    def settings_changed(self) -> dict[str, tuple]:
+        """Settings the finished output was made with that this config changes: {key: (then, now)}.
+        Outputs from before settings were stored compare as unchanged."""
+        output = self.out / STAGE_OUTPUTS[self.stage]
+        if output.suffix == ".safetensors":
+            with safe_open(str(output), "pt") as stored:
+                made = json.loads((stored.metadata() or {}).get(SETTINGS_KEY, "{}"))
+        else:
+            made = json.loads(output.read_text()).get("settings", {})
+        now = self.settings()
+        return {key: (value, now[key]) for key, value in made.items() if key in now and now[key] != value}
 
     def draws(self, step: int, micro: int = 0) -> Draws:
         data_step = step * self.section.grad_accum + micro
@@ -144,7 +163,8 @@ class Run:
         if self.world.is_main:
             config = (model.config if isinstance(model, AVTransformer) else None)
             save_checkpoint(self.out / relative, state, prefix="model.", config=config, block_layout=layout,
-                            metadata={"omniforcing_stage": self.stage}, overwrite=True)
+                            metadata={"omniforcing_stage": self.stage, SETTINGS_KEY: json.dumps(self.settings())},
+                            overwrite=True)
 
     # The loop ------------------------------------------------------------------------
 
@@ -410,7 +430,8 @@ def run_ode_pairs(run: Run) -> None:
         run.log_line(f"wrote {path.name} ({len(indices)} trajectories, {len(grid) - 1} teacher steps)")
     _barrier(run.world)
     if run.world.is_main:
-        (run.out / STAGE_OUTPUTS["ode_pairs"]).write_text(json.dumps({"count": s.count, "sigmas": keep}))
+        (run.out / STAGE_OUTPUTS["ode_pairs"]).write_text(json.dumps({"count": s.count, "sigmas": keep,
+                                                                     "settings": run.settings()}))
 
 
 def run_stage2(run: Run) -> None:
@@ -463,7 +484,8 @@ def run_export(run: Run) -> None:
     if run.world.is_main:
         student = run.load_transformer(source, run.config.model.student_config())
         save_checkpoint(run.out / STAGE_OUTPUTS["export"], student, prefix="model.", block_layout=run.layout,
-                        metadata={"omniforcing_source": source, "omniforcing_training": json.dumps(_provenance(run))},
+                        metadata={"omniforcing_source": source, "omniforcing_training": json.dumps(_provenance(run)),
+                                  SETTINGS_KEY: json.dumps(run.settings())},
                         overwrite=True)
         shutil.copyfile(run.out / "teacher" / "prompt_encoder.safetensors", run.out / "prompt_encoder.safetensors")
 
@@ -498,7 +520,13 @@ def run_stage(config: TrainConfig, out: Path, world: World, stage: str) -> bool:
     """Run one stage unless its output exists; True if it ran."""
     run = Run(config, out, world, stage)
     if run.done():
-        run.log_line(f"{STAGE_OUTPUTS[stage]} exists: skipped")
+        changed = run.settings_changed()
+        note = ""
+        if changed:
+            then = ", ".join(f"{key}={old!r}" for key, (old, _) in changed.items())
+            now = ", ".join(f"{key}={new!r}" for key, (_, new) in changed.items())
+            note = f" (made with {then}; this config says {now}: move it aside to run {stage} again)"
+        run.log_line(f"{STAGE_OUTPUTS[stage]} exists: skipped{note}")
         return False
     if stage in READS_DATA:
         run.dataset()
