@@ -736,7 +736,7 @@ def load_codecs(path: str | Path, device: torch.device | str = "cpu") -> LoadedC
 # Commands ----------------------------------------------------------------------------
 
 
-def run_codecs(config: TrainConfig, out: Path, *, device: torch.device | str = "cpu", log: bool = True) -> Path:
+def run_codecs(config: TrainConfig, out: Path, *, device: torch.device | str, log: bool = True) -> Path:
     """Train the three codecs on ``device`` (resumable), set the statistics, evaluate, write the base file."""
     s = codecs_section(config)
     out = Path(out)
@@ -766,8 +766,7 @@ FINETUNE_PARTS = ("video_decoder", "audio_decoder")
 FINETUNE_MARKER = "finetuned.json"  # beside the base file once its decoders are fine-tuned
 
 
-def run_finetune_decoders(config: TrainConfig, out: Path, *, device: torch.device | str = "cpu",
-                          log: bool = True) -> Path:
+def run_finetune_decoders(config: TrainConfig, out: Path, *, device: torch.device | str, log: bool = True) -> Path:
     """Continue the VAE decoders' training on a finished base file with the encoders and the
     statistics frozen (the latents keep their meaning); the base file is rewritten, the one
     it started from kept beside it as ``demo_base.before-finetune.safetensors``."""
@@ -826,7 +825,7 @@ def _truth(clip) -> dict[str, Any]:
 
 
 def run_encode_world(config: TrainConfig, out: Path, *, codecs_path: Path | None = None,
-                     device: torch.device | str = "cpu", log: bool = True) -> Path:
+                     device: torch.device | str, log: bool = True) -> Path:
     """Render ``[world] count`` clips and encode them into ``out/latents/shard-XXXXX.safetensors``
     (existing shards are kept: a stopped run continues)."""
     w, s = world_section(config), codecs_section(config)
